@@ -1,0 +1,136 @@
+"""Causal, online preprocessing and the HRF-lag window.
+
+The live daemon and the training data path both run volumes through
+:class:`OnlinePreprocessor`, one TR at a time, so features online and offline are identical
+(no train/serve skew). Per voxel and per run:
+
+1. drift removal: subtract an exponential moving average with time constant ``highpass_s``
+   (seeded by the plain mean of the first ``baseline_trs`` volumes);
+2. running z-score (Welford's algorithm) over everything seen so far in the run;
+3. clipping to +/- ``clip_z`` (motion spikes).
+
+The first ``baseline_trs`` outputs are marked not ready: their statistics are still forming.
+:func:`offline_preprocess` is the anchors' whole-run alternative (polynomial detrend and
+z-score over the complete run), which a live system cannot do; it exists to measure what
+causality costs.
+
+:func:`clip_windows` is the one windowing function: the clip shown at TR ``k`` is decoded
+from volumes ``k + lag .. k + lag + width - 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .config import PreprocessConfig, WindowConfig
+
+
+class OnlinePreprocessor:
+    """Per-voxel causal preprocessing for one run; call :meth:`reset` between runs."""
+
+    def __init__(self, n_voxels: int, tr: float, cfg: PreprocessConfig | None = None):
+        if n_voxels < 1:
+            raise ValueError(f"n_voxels must be >= 1, got {n_voxels}")
+        if not tr > 0:
+            raise ValueError(f"tr must be > 0, got {tr}")
+        self.cfg = cfg or PreprocessConfig()
+        self.n_voxels = n_voxels
+        self.tr = tr
+        self.alpha = np.float32(1.0 - np.exp(-tr / self.cfg.highpass_s))
+        self.reset()
+
+    def reset(self) -> None:
+        V = self.n_voxels
+        self.t = 0
+        self._level = np.zeros(V, np.float64)   # drift estimate
+        self._mean = np.zeros(V, np.float64)    # Welford running mean of the residual
+        self._m2 = np.zeros(V, np.float64)      # Welford running sum of squares
+
+    @property
+    def ready(self) -> bool:
+        """True once the baseline is complete (outputs before that are provisional)."""
+        return self.t >= self.cfg.baseline_trs
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        """Take one volume's voxel vector; return its preprocessed float32 vector."""
+        if x.shape != (self.n_voxels,):
+            raise ValueError(f"volume has shape {x.shape}, expected ({self.n_voxels},)")
+        x = x.astype(np.float64, copy=False)
+        n_base = self.cfg.baseline_trs
+        if self.t < n_base:
+            # Seed the drift estimate with the plain running mean of the baseline.
+            self._level += (x - self._level) / (self.t + 1)
+            resid = x - self._level
+        else:
+            resid = x - self._level
+            self._level += self.alpha * (x - self._level)
+        self.t += 1
+        if not self.cfg.zscore:
+            return resid.astype(np.float32)
+        delta = resid - self._mean
+        self._mean += delta / self.t
+        self._m2 += delta * (resid - self._mean)
+        if self.t < 2:
+            return np.zeros(self.n_voxels, np.float32)
+        std = np.sqrt(self._m2 / (self.t - 1))
+        z = np.divide(resid - self._mean, std, out=np.zeros_like(std), where=std > 1e-8)
+        np.clip(z, -self.cfg.clip_z, self.cfg.clip_z, out=z)
+        return z.astype(np.float32)
+
+
+def preprocess_run(volumes: np.ndarray | Iterable[np.ndarray], tr: float,
+                   cfg: PreprocessConfig | None = None) -> np.ndarray:
+    """Run a whole run's volumes (``(T, V)`` or an iterable of ``(V,)``) through the online
+    preprocessor, exactly as the live path does; returns float32 ``(T, V)``."""
+    rows = volumes if isinstance(volumes, np.ndarray) else list(volumes)
+    if len(rows) == 0:
+        raise ValueError("preprocess_run: no volumes")
+    pre = OnlinePreprocessor(int(np.asarray(rows[0]).shape[0]), tr, cfg)
+    return np.stack([pre.update(np.asarray(v)) for v in rows])
+
+
+def offline_preprocess(data: np.ndarray, degree: int = 3, clip_z: float = 8.0) -> np.ndarray:
+    """Whole-run (non-causal) polynomial detrend and z-score, as the offline anchors do."""
+    T = data.shape[0]
+    x = np.linspace(-1, 1, T)
+    basis = np.polynomial.legendre.legvander(x, degree)
+    coef, *_ = np.linalg.lstsq(basis, data.astype(np.float64), rcond=None)
+    resid = data - basis @ coef
+    std = resid.std(axis=0)
+    z = np.divide(resid, std, out=np.zeros_like(resid), where=std > 1e-8)
+    return np.clip(z, -clip_z, clip_z).astype(np.float32)
+
+
+def clip_windows(stim_trs: np.ndarray, n_trs: int, cfg: WindowConfig | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Volume indices of each clip's HRF window and which windows are complete.
+
+    Returns ``(idx, complete)``: ``idx`` int ``(n_clips, width)`` with
+    ``idx[i] = stim_trs[i] + lag + arange(width)``; ``complete[i]`` is True when every index
+    is a volume of the run (``< n_trs``).
+    """
+    cfg = cfg or WindowConfig()
+    stim = np.asarray(stim_trs, np.int64)
+    idx = stim[:, None] + cfg.lag_trs + np.arange(cfg.width_trs)[None, :]
+    complete = (idx < n_trs).all(axis=1) & (stim >= 0)
+    return idx, complete
+
+
+def reduce_window(vols: np.ndarray, cfg: WindowConfig | None = None) -> np.ndarray:
+    """Combine a window's volumes ``(..., width, V)`` into one feature vector per clip."""
+    cfg = cfg or WindowConfig()
+    if cfg.reduce == "mean":
+        return vols.mean(axis=-2)
+    return vols.reshape(*vols.shape[:-2], -1)
+
+
+def window_features(features: np.ndarray, stim_trs: np.ndarray,
+                    cfg: WindowConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-clip decoder inputs from a preprocessed run ``(T, V)``.
+
+    Returns ``(X, complete)``; ``X`` has one row per *complete* window, in clip order.
+    """
+    idx, complete = clip_windows(stim_trs, features.shape[0], cfg)
+    return reduce_window(features[idx[complete]], cfg), complete

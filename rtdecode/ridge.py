@@ -1,0 +1,204 @@
+"""Ridge baseline: windowed, causally preprocessed voxels -> scene-attribute targets.
+
+The first real decoder and the floor every later decoder must beat. Targets are the
+concatenated one-hot scene attributes of each clip (background, texture, shape, colour,
+motion, position, size, number of objects). Evaluated on held-out test runs by
+
+- attribute accuracy: argmax within each attribute group against the truth;
+- N-way identification (2-way, 50-way): the decoded vector's correlation with the true clip's
+  target must beat N-1 randomly drawn other test clips (with different targets); 100 trials
+  per decoded clip; ``pm`` is ``sqrt(p (1 - p) / n_decoded_clips)``.
+
+Both single-trial (each test repeat decoded on its own, as live) and repeat-averaged (the
+windows of all repeats of a clip averaged first, as the offline anchors report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.linear_model import RidgeCV
+
+from .config import Config
+from .data import DataError, Session
+from .preprocess import offline_preprocess, preprocess_run, window_features
+from .simulator.stimuli import ATTRIBUTE_GROUPS, attribute_onehot, attribute_slices
+
+
+@dataclass
+class WindowSet:
+    """Decoder inputs of one split: one row per complete clip window."""
+
+    X: np.ndarray          # (n, D) float32
+    clip_ids: np.ndarray   # (n,)
+    repeats: np.ndarray    # (n,) presentation number of the clip's segment
+
+
+def select_voxels(session: Session, cfg: Config) -> np.ndarray | None:
+    """Indices of the voxels the decoder uses (None = all)."""
+    sel = cfg.data.voxel_selection
+    if sel == "mask":
+        return None
+    if sel == "roi":
+        if session.roi is None:
+            raise DataError(f"{session.root}: voxel_selection 'roi' needs an ROI image")
+        noise = [k for k, v in session.roi_names.items() if v == "noise"]
+        return np.flatnonzero(~np.isin(session.roi, noise))
+    raise DataError(f"voxel_selection {sel!r} is not available for this session yet "
+                    "(needs repeated training segments)")
+
+
+def build_windows(session: Session, task: str, cfg: Config, *, online: bool = True,
+                  voxels: np.ndarray | None = None) -> WindowSet:
+    """Preprocess every run of ``task`` and cut its clip windows."""
+    xs, ids, reps = [], [], []
+    runs = session.runs_of(task)
+    if not runs:
+        raise DataError(f"{session.root}: subject {session.subject} has no {task!r} runs")
+    for run in runs:
+        data = run.data()
+        if voxels is not None:
+            data = data[:, voxels]
+        feats = preprocess_run(data, run.tr, cfg.preprocess) if online \
+            else offline_preprocess(data, clip_z=cfg.preprocess.clip_z)
+        X, complete = window_features(feats, run.stim_trs, cfg.window)
+        xs.append(X)
+        ids.append(run.clip_ids[complete])
+        reps.append(np.full(int(complete.sum()), run.repeat))
+    return WindowSet(np.concatenate(xs).astype(np.float32), np.concatenate(ids),
+                     np.concatenate(reps))
+
+
+def targets(session: Session, clip_ids: np.ndarray) -> np.ndarray:
+    if not session.clips:
+        raise DataError(f"{session.root}: no stimuli/captions.jsonl with clip attributes; "
+                        "the ridge baseline needs them as targets")
+    try:
+        return np.stack([attribute_onehot(session.clips[int(c)]["attributes"])
+                         for c in clip_ids])
+    except KeyError as exc:
+        raise DataError(f"{session.root}: clip {exc} missing from stimuli/captions.jsonl") \
+            from None
+
+
+def average_repeats(ws: WindowSet) -> WindowSet:
+    """Average the windows of every clip over its repeats."""
+    uniq = np.unique(ws.clip_ids)
+    X = np.stack([ws.X[ws.clip_ids == c].mean(axis=0) for c in uniq])
+    return WindowSet(X, uniq, np.ones(uniq.size, np.int64))
+
+
+def _corr_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
+    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
+    return a @ b.T
+
+
+def n_way_identification(pred: np.ndarray, pred_clip: np.ndarray, bank: np.ndarray,
+                         bank_clip: np.ndarray, n_way: int, trials: int,
+                         rng: np.random.Generator) -> tuple[float, float] | None:
+    """N-way top-1 identification of decoded vectors against a bank of true targets.
+
+    Returns ``(accuracy, pm)`` or None when the bank has fewer than ``n_way`` distinct
+    candidates for some clip.
+    """
+    S = _corr_matrix(pred.astype(np.float64), bank.astype(np.float64))
+    pos = {int(c): i for i, c in enumerate(bank_clip)}
+    hits = np.zeros(len(pred))
+    for i, c in enumerate(pred_clip):
+        t = pos[int(c)]
+        cand = np.flatnonzero(np.any(bank != bank[t], axis=1))
+        if cand.size < n_way - 1:
+            return None
+        keys = rng.random((trials, cand.size))
+        draws = cand[np.argpartition(keys, n_way - 2, axis=1)[:, : n_way - 1]]
+        hits[i] = np.mean(S[i, t] > S[i, draws].max(axis=1))
+    p = float(hits.mean())
+    return p, float(np.sqrt(p * (1 - p) / len(pred)))
+
+
+def group_accuracy(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    return {name: float(np.mean(pred[:, sl].argmax(1) == true[:, sl].argmax(1)))
+            for name, sl in attribute_slices().items()}
+
+
+def score(pred: np.ndarray, clip_ids: np.ndarray, session: Session, cfg: Config,
+          seed: int = 0) -> dict:
+    """Identification and attribute accuracy of decoded target vectors."""
+    true = targets(session, clip_ids)
+    bank_ids = np.unique(clip_ids)
+    bank = targets(session, bank_ids)
+    rng = np.random.default_rng(seed)
+    out: dict = {"n_decoded": int(len(pred))}
+    for n in (2, 50):
+        r = n_way_identification(pred, clip_ids, bank, bank_ids, n, cfg.ridge.n_way_trials, rng)
+        out[f"{n}way"] = None if r is None else round(r[0], 4)
+        out[f"{n}way_pm"] = None if r is None else round(r[1], 4)
+    groups = group_accuracy(pred, true)
+    out["attributes"] = {k: round(v, 4) for k, v in groups.items()}
+    out["attribute_mean"] = round(float(np.mean(list(groups.values()))), 4)
+    return out
+
+
+def chance_levels() -> dict:
+    groups = {k: round(1.0 / len(v), 4) for k, v in ATTRIBUTE_GROUPS.items()}
+    return {"2way": 0.5, "50way": 0.02, "attributes": groups,
+            "attribute_mean": round(float(np.mean(list(groups.values()))), 4)}
+
+
+@dataclass
+class RidgeDecoder:
+    model: RidgeCV
+    voxels: np.ndarray | None
+
+    @property
+    def alpha(self) -> float:
+        return float(self.model.alpha_)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict(X).astype(np.float32)
+
+
+def fit(train: WindowSet, Y: np.ndarray, cfg: Config, voxels: np.ndarray | None = None
+        ) -> RidgeDecoder:
+    model = RidgeCV(alphas=np.asarray(cfg.ridge.alphas), alpha_per_target=False)
+    model.fit(train.X, Y)
+    return RidgeDecoder(model, voxels)
+
+
+def run_ridge(session: Session, cfg: Config, *, shuffle: bool = False, online: bool = True,
+              seed: int = 0) -> dict:
+    """Fit on the training runs, evaluate on the test runs; a JSON-ready report.
+
+    ``shuffle`` permutes the training targets across clips (a control: it must land at
+    chance, proving the signal is real and the split does not leak).
+    """
+    voxels = select_voxels(session, cfg)
+    train = build_windows(session, "train", cfg, online=online, voxels=voxels)
+    test = build_windows(session, "test", cfg, online=online, voxels=voxels)
+    overlap = np.intersect1d(train.clip_ids, test.clip_ids)
+    if overlap.size:
+        raise DataError(f"{session.root}: {overlap.size} clip(s) are in both the training "
+                        "and the test runs; the split leaks")
+    Y = targets(session, train.clip_ids)
+    if shuffle:
+        Y = Y[np.random.default_rng(seed).permutation(len(Y))]
+    dec = fit(train, Y, cfg, voxels)
+    avg = average_repeats(test)
+    return {
+        "subject": session.subject,
+        "n_voxels": int(train.X.shape[1] if cfg.window.reduce == "mean"
+                        else train.X.shape[1] // cfg.window.width_trs),
+        "n_train_clips": int(len(train.X)),
+        "n_test_clips": int(np.unique(test.clip_ids).size),
+        "test_repeats": int(test.repeats.max()),
+        "preprocessing": "online" if online else "offline",
+        "shuffled_labels": shuffle,
+        "alpha": dec.alpha,
+        "single_trial": score(dec.predict(test.X), test.clip_ids, session, cfg, seed),
+        "averaged": score(dec.predict(avg.X), avg.clip_ids, session, cfg, seed),
+        "chance": chance_levels(),
+    }
