@@ -62,9 +62,9 @@ class DataConfig:
     tr: float = param(2.0, gt=0.0, le=10.0, doc="repetition time in seconds")
     subjects: tuple[str, ...] = param(default_factory=tuple,
                                       doc="subject labels to use; empty = all in the session")
-    voxel_selection: str = param("mask", choices=("mask", "roi", "reliability", "top_k"),
+    voxel_selection: str = param("mask", choices=("mask", "roi", "reliability"),
                                  doc="which voxels feed the decoder")
-    n_voxels: int = param(0, ge=0, doc="voxels kept by 'top_k' / 'reliability' (0 = all)")
+    n_voxels: int = param(0, ge=0, doc="voxels kept by 'reliability' (0 = all)")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .config import PreprocessConfig, WindowConfig
+from .config import Config, PreprocessConfig, WindowConfig
+from .data import DataError, Session
 
 
 class OnlinePreprocessor:
@@ -134,3 +135,39 @@ def window_features(features: np.ndarray, stim_trs: np.ndarray,
     """
     idx, complete = clip_windows(stim_trs, features.shape[0], cfg)
     return reduce_window(features[idx[complete]], cfg), complete
+
+
+def select_voxels(session: Session, cfg: Config) -> np.ndarray | None:
+    """Indices of the voxels the decoder uses (None = all of the mask).
+
+    ``mask``: every voxel; ``roi``: voxels outside the 'noise' ROI (toy world);
+    ``reliability``: the ``n_voxels`` voxels whose preprocessed responses correlate best
+    between repeats of the same *training* segment (test runs are never looked at).
+    """
+    sel, n = cfg.data.voxel_selection, cfg.data.n_voxels
+    if sel == "mask":
+        return None
+    if sel == "roi":
+        if session.roi is None:
+            raise DataError(f"{session.root}: voxel_selection 'roi' needs an ROI image")
+        noise = [k for k, v in session.roi_names.items() if v == "noise"]
+        return np.flatnonzero(~np.isin(session.roi, noise))
+    if sel == "reliability":
+        by_segment: dict[int, list] = {}
+        for run in session.runs_of("train"):
+            by_segment.setdefault(run.segment, []).append(run)
+        pairs = [runs[:2] for runs in by_segment.values() if len(runs) >= 2]
+        if not pairs:
+            raise DataError(f"{session.root}: voxel_selection 'reliability' needs training "
+                            "segments shown at least twice; this session has none")
+        score = 0.0
+        for a, b in pairs:
+            za = preprocess_run(a.data(), a.tr, cfg.preprocess)
+            zb = preprocess_run(b.data(), b.tr, cfg.preprocess)
+            t = min(len(za), len(zb))
+            za, zb = za[:t] - za[:t].mean(0), zb[:t] - zb[:t].mean(0)
+            den = np.sqrt((za**2).sum(0) * (zb**2).sum(0)) + 1e-12
+            score = score + (za * zb).sum(0) / den
+        order = np.argsort(-np.asarray(score) / len(pairs), kind="stable")
+        return np.sort(order[: n if n > 0 else order.size])
+    raise DataError(f"voxel_selection {sel!r}: unknown")  # pragma: no cover - config checks

@@ -22,7 +22,7 @@ from sklearn.linear_model import RidgeCV
 
 from .config import Config
 from .data import DataError, Session
-from .preprocess import offline_preprocess, preprocess_run, window_features
+from .preprocess import offline_preprocess, preprocess_run, select_voxels, window_features
 from .simulator.stimuli import ATTRIBUTE_GROUPS, attribute_onehot, attribute_slices
 
 
@@ -33,20 +33,6 @@ class WindowSet:
     X: np.ndarray          # (n, D) float32
     clip_ids: np.ndarray   # (n,)
     repeats: np.ndarray    # (n,) presentation number of the clip's segment
-
-
-def select_voxels(session: Session, cfg: Config) -> np.ndarray | None:
-    """Indices of the voxels the decoder uses (None = all)."""
-    sel = cfg.data.voxel_selection
-    if sel == "mask":
-        return None
-    if sel == "roi":
-        if session.roi is None:
-            raise DataError(f"{session.root}: voxel_selection 'roi' needs an ROI image")
-        noise = [k for k, v in session.roi_names.items() if v == "noise"]
-        return np.flatnonzero(~np.isin(session.roi, noise))
-    raise DataError(f"voxel_selection {sel!r} is not available for this session yet "
-                    "(needs repeated training segments)")
 
 
 def build_windows(session: Session, task: str, cfg: Config, *, online: bool = True,

@@ -198,7 +198,7 @@ def make_subject(label: str, cfg: SubjectConfig, rng: np.random.Generator) -> Su
         prf_sigma[ret] = 0.7 + 0.2 * ecc + 0.2 * rng.random(ret.size)
     gains = np.zeros((V, 3), np.float32)
     gains[ret, 0] = rng.uniform(0.6, 1.0, ret.size)
-    gains[ret, 1:] = rng.normal(0.0, 0.6, (ret.size, 2))
+    gains[ret, 1:] = rng.normal(0.0, 0.3, (ret.size, 2))
 
     mot = np.flatnonzero(roi == 2)
     motion_pref = nan.copy()

@@ -277,3 +277,30 @@ def simulate(out: str | Path, cfg: SimulatorConfig, progress: bool = True) -> Si
                                                 np.random.default_rng(seq), bar)
             subjects[label] = nvox
     return SimulationSummary(out, n_clips, len(plans), subjects, trs)
+
+
+@dataclass
+class Oracle:
+    """What the simulator knows about one subject: encoding model, noise and amplitudes."""
+
+    subject: Subject
+    noise: VoxelNoise
+    amplitude: np.ndarray  # (V,) scale from unscaled evoked response to scanner units
+    meta: dict
+
+
+def load_oracle(root: str | Path, subject: str) -> Oracle:
+    """Load ``sub-XX/oracle/sub-XX_oracle.safetensors`` written by :func:`simulate`."""
+    from safetensors import safe_open
+
+    path = Path(root) / subject / "oracle" / f"{subject}_oracle.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no oracle file (only simulated sessions have one)")
+    with safe_open(str(path), framework="numpy") as fh:
+        t = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta = dict(fh.metadata() or {})
+    subj = Subject(label=subject, grid_shape=tuple(int(v) for v in t["grid_shape"]),
+                   affine=t["affine"], motion_kappa=float(meta.get("motion_kappa", 2.0)),
+                   **{name: t[name] for name in SUBJECT_ARRAYS})
+    vn = VoxelNoise(t["baseline"], t["tsnr"], t["physio_maps"])
+    return Oracle(subj, vn, t["amplitude"], meta)

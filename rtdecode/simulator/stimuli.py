@@ -384,20 +384,26 @@ def attribute_slices() -> dict[str, slice]:
 def clip_features(spec: ClipSpec, frames: np.ndarray) -> np.ndarray:
     """Encoding features of one clip (what the simulated voxels respond to).
 
-    retino: per 4x4-pixel block, luminance contrast (std) and two colour-opponent means
-    (R-G, B-Y), averaged over frames; motion: energy in left/right/up/down/grow/shrink/
-    rotate weighted by object area; semantic: indicators of scene attributes present.
+    retino, per 4x4-pixel block averaged over frames: (1) contrast energy: the deviation of
+    luminance and chroma from the frame's background (its median) plus local luminance
+    variation (texture edges); (2) R-G and (3) B-Y colour-opponent means. motion: energy in
+    left/right/up/down/grow/shrink/rotate, weighted by object area. semantic: indicators of
+    the scene attributes present.
     """
     g = RETINO_GRID
     f = frames.astype(np.float32) / 255.0
     n, h, w, _ = f.shape
     b = h // g
     lum = f @ np.array([0.299, 0.587, 0.114], np.float32)
-    blocks = lum.reshape(n, g, b, g, b)
-    contrast = blocks.std(axis=(2, 4)).mean(axis=0)
-    rg = (f[..., 0] - f[..., 1]).reshape(n, g, b, g, b).mean(axis=(0, 2, 4))
-    by = (f[..., 2] - 0.5 * (f[..., 0] + f[..., 1])).reshape(n, g, b, g, b).mean(axis=(0, 2, 4))
-    retino = np.concatenate([4.0 * contrast.ravel(), rg.ravel(), by.ravel()])
+    rg = f[..., 0] - f[..., 1]
+    by = f[..., 2] - 0.5 * (f[..., 0] + f[..., 1])
+    med = lambda a: np.median(a.reshape(n, -1), axis=1)[:, None, None]  # noqa: E731
+    energy = np.abs(lum - med(lum)) + 0.5 * np.hypot(rg - med(rg), by - med(by))
+    block = lambda a: a.reshape(n, g, b, g, b)  # noqa: E731
+    contrast = block(energy).mean(axis=(2, 4)) + block(lum).std(axis=(2, 4))
+    retino = np.concatenate([2.0 * contrast.mean(axis=0).ravel(),
+                             block(rg).mean(axis=(0, 2, 4)).ravel(),
+                             block(by).mean(axis=(0, 2, 4)).ravel()])
 
     motion = np.zeros(N_MOTION_FEATURES, np.float32)
     for o, m in zip(spec.objects, spec.motions):
