@@ -82,11 +82,11 @@ def design_matrix(sample_times: np.ndarray, onsets: np.ndarray, duration: float,
 @dataclass(frozen=True)
 class SubjectConfig:
     n_voxels: int
-    roi_fractions: tuple[float, float, float, float] = (0.35, 0.15, 0.25, 0.25)
+    roi_fractions: tuple[float, float, float, float] = (0.3, 0.12, 0.2, 0.38)
     voxel_mm: float = 2.5
     hrf_jitter_s: float = 0.75
     hrf_delay_bins: int = 7
-    signal_change_pct: tuple[float, float] = (0.3, 1.2)
+    signal_change_pct: tuple[float, float] = (0.2, 0.9)
     semantic_density: float = 0.3
     motion_kappa: float = 2.0
 

@@ -218,8 +218,11 @@ def simulate_subject(out: Path, index: int, cfg: SimulatorConfig, plans: list[Ru
                [[k, v] for k, v in ROI_LABELS.items()])
     save_file(_oracle_tensors(subject, vn, amplitude),
               str(sub_dir / "oracle" / f"{label}_oracle.safetensors"),
-              metadata={"simulator_version": SIMULATOR_VERSION, "subject": label,
-                        "seed": str(cfg.seed), "motion_kappa": str(subject.motion_kappa)})
+              # One metadata key: safetensors writes several in a random order, and the
+              # same seed must give byte-identical files.
+              metadata={"rtdecode": json.dumps({
+                  "simulator_version": SIMULATOR_VERSION, "subject": label, "seed": cfg.seed,
+                  "motion_kappa": subject.motion_kappa}, sort_keys=True)})
 
     mask = subject.mask()
     scans, total_trs = [], 0
@@ -298,7 +301,7 @@ def load_oracle(root: str | Path, subject: str) -> Oracle:
         raise FileNotFoundError(f"{path}: no oracle file (only simulated sessions have one)")
     with safe_open(str(path), framework="numpy") as fh:
         t = {k: fh.get_tensor(k) for k in fh.keys()}
-        meta = dict(fh.metadata() or {})
+        meta = json.loads((fh.metadata() or {}).get("rtdecode", "{}"))
     subj = Subject(label=subject, grid_shape=tuple(int(v) for v in t["grid_shape"]),
                    affine=t["affine"], motion_kappa=float(meta.get("motion_kappa", 2.0)),
                    **{name: t[name] for name in SUBJECT_ARRAYS})
