@@ -12,12 +12,13 @@ so the dataclass is the single description of a section.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import tomllib
 
 T = TypeVar("T")
 

@@ -97,7 +97,8 @@ def test_ar1_generator_has_configured_autocorrelation():
 
 @pytest.mark.parametrize("thermal,ar", [(0.0, 1.0), (0.5, 0.5)])
 def test_written_noise_autocorrelation_matches_config(tmp_path, thermal, ar):
-    cfg = tiny_config(seed=3, train_clips=400, thermal_fraction=thermal, ar_fraction=ar, physio_fraction=0.0,
+    cfg = tiny_config(seed=3, train_clips=400, thermal_fraction=thermal, ar_fraction=ar,
+                      physio_fraction=0.0,
                       drift_pct=0.0, spike_rate=0.0)
     simulate(tmp_path, cfg, progress=False)
     sess = load_session(tmp_path, "sub-01")

@@ -143,7 +143,8 @@ class Subject:
         mot = np.flatnonzero(self.roi == 2)
         if mot.size:
             dirs = np.array([np.pi, 0.0, np.pi / 2, 3 * np.pi / 2])  # left, right, up, down
-            tune = np.exp(self.motion_kappa * (np.cos(dirs[None, :] - self.motion_pref[mot, None]) - 1))
+            cos = np.cos(dirs[None, :] - self.motion_pref[mot, None])
+            tune = np.exp(self.motion_kappa * (cos - 1))
             W[sl["motion"].start: sl["motion"].start + 4, mot] = tune.T
             W[sl["motion"].start + 4: sl["motion"].stop, mot] = self.motion_extra[mot].T
         W[sl["semantic"], :] = self.semantic_w.T

@@ -116,7 +116,8 @@ def run_noise(n_trs: int, tr: float, vn: VoxelNoise, ijk: np.ndarray, cfg: Noise
     basis = np.stack([legendre.legval(x, np.eye(4)[d]) for d in (1, 2, 3)], axis=1)
     coef = rng.normal(0, 1, (3, V)) * np.array([[1.0], [0.5], [0.25]])
     drift = (basis @ coef).astype(np.float32)
-    drift *= np.float32(cfg.drift_pct / 100.0) * vn.baseline / max(1e-9, float(np.abs(basis).sum(1).max()))
+    peak = max(1e-9, float(np.abs(basis).sum(1).max()))
+    drift *= np.float32(cfg.drift_pct / 100.0) * vn.baseline / peak
     noise += drift
 
     # Motion spikes: a brain-wide intensity gradient for one TR, echoing faintly in the next.

@@ -71,7 +71,7 @@ def plan_runs(cfg: SimulatorConfig) -> tuple[list[RunPlan], int]:
         next_id += d.train_clips_per_run
         plans.append(RunPlan("train", r + 1, r + 1, 1, ids))
     segments = []
-    for s in range(d.n_test_segments):
+    for _ in range(d.n_test_segments):
         segments.append(tuple(range(next_id, next_id + d.test_clips_per_segment)))
         next_id += d.test_clips_per_segment
     run = 0

@@ -280,8 +280,8 @@ def describe(spec: ClipSpec, rng: np.random.Generator) -> dict[str, str]:
         f"{lead}on {_article(bg)} {bg} {bd}, {motion}",
         f"{lead}{anchor}; {motion}",
     ))
-    basic_motions = " and ".join(f"{short} {spec.motions[i] if spec.motions[i] != 'static' else 'still'}"
-                                 for i, (_, short, _) in enumerate(nouns))
+    basic_motions = " and ".join(f"{short} {m if m != 'static' else 'still'}"
+                                 for (_, short, _), m in zip(nouns, spec.motions))
     basic = f"{basic_motions} on {spec.background} {spec.texture} background"
     words = basic.split()
     if len(words) > 20:  # cannot happen with <= 2 objects, but the limit is a contract
