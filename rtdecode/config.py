@@ -106,6 +106,23 @@ class SimulateConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """The streaming daemon (``rtdecode serve``)."""
+
+    source: str = param("zmq://127.0.0.1:5555",
+                        doc="zmq://HOST:PORT (bind PULL) or lsl:NAME (resolve an fMRI stream)")
+    publish: str = param("tcp://127.0.0.1:5556", doc="where the PUB socket binds")
+    clip_stride_trs: int = param(1, ge=1, le=30,
+                                 doc="a stimulus clip starts every N TRs (2-s clips, TR 2 s: 1)")
+    ingest_queue: int = param(256, ge=1, doc="volumes buffered between ingest and decode")
+    publish_queue: int = param(1024, ge=1, doc="outputs buffered before publishing")
+    status_interval_s: float = param(1.0, gt=0.0)
+    journal_dir: str = param("runs/journal", doc="session journals, relative to the cwd")
+    max_message_mb: float = param(64.0, gt=0.0, doc="largest accepted input message")
+    lsl_captions: bool = param(True, doc="also publish captions as an LSL marker stream")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole rtdecode config file."""
 
@@ -114,6 +131,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     ridge: RidgeConfig = field(default_factory=RidgeConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     #: Free text naming what the file describes; shown by `rtdecode config`.
     description: str = ""
 

@@ -188,3 +188,23 @@ def run_ridge(session: Session, cfg: Config, *, shuffle: bool = False, online: b
         "averaged": score(dec.predict(avg.X), avg.clip_ids, session, cfg, seed),
         "chance": chance_levels(),
     }
+
+
+def train_model(session: Session, cfg: Config, *, split: str = "train"):
+    """Fit ridge on ``split`` runs and package it with its caption bank and provenance."""
+    from .engine import CaptionBank, DecoderModel, RidgeEngine, provenance
+
+    voxels = select_voxels(session, cfg)
+    train = build_windows(session, split, cfg, voxels=voxels)
+    Y = targets(session, train.clip_ids)
+    dec = fit(train, Y, cfg, voxels)
+    ids = np.unique(train.clip_ids)
+    bank = CaptionBank(targets(session, ids),
+                       [{"clip_id": int(c), **{k: session.clips[int(c)][k] for k in
+                                               ("basic", "anchor", "motion", "holistic")}}
+                        for c in ids])
+    engine = RidgeEngine(dec.model.coef_.astype(np.float32),
+                         np.atleast_1d(dec.model.intercept_).astype(np.float32))
+    meta = {"kind": "ridge", "targets": "attributes", "alpha": dec.alpha,
+            "n_train_clips": int(len(train.X)), "trained_on": provenance(session, cfg)}
+    return DecoderModel(engine, bank, voxels, meta)

@@ -1,0 +1,333 @@
+"""The streaming daemon: ingest → preprocess → decode → captions → publish, on threads.
+
+Stages run on their own threads joined by bounded queues, so ingestion is never blocked by a
+slow stage or a slow subscriber:
+
+- **ingest** iterates the :class:`~rtdecode.sources.Source`, journals every volume's
+  metadata and queues it (a full queue drops the volume, counts it and journals it);
+- **decode** checks each volume (voxel count, duplicate, late, gap), runs the causal
+  preprocessing, and for every clip whose HRF window the volume belongs to decodes the window
+  so far: a *provisional* caption when the first volume of a clip's window arrives, refined
+  as it fills, *final* when complete (a window whose last volume never came is finalised,
+  bridged, when a later volume shows the gap);
+- **publish** sends outputs (``caption``, ``semantics``, ``status``) to the publisher, the
+  optional LSL caption outlet and the journal; a publisher that cannot keep up drops outputs
+  (counted), never volumes;
+- **status** puts a heartbeat with counters, queue depths and per-stage latency percentiles
+  on the publish queue every ``status_interval_s``.
+
+Bad input is counted and skipped; the session goes on (``strict=True`` re-raises, for tests).
+A volume from a new ``session`` label starts a new run: the preprocessing state is reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import Config
+from .engine import DecoderModel, caption_text
+from .journal import Journal
+from .messages import Volume
+from .preprocess import OnlinePreprocessor, reduce_window
+from .sources import Source
+
+log = logging.getLogger("rtdecode.daemon")
+
+COUNTERS = ("received", "decoded", "malformed", "dropped", "late", "duplicates", "missing",
+            "captions", "finals", "outputs_dropped")
+STAGES = ("queue_wait", "preprocess", "decode", "publish", "end_to_end")
+_STOP = object()
+
+
+@dataclass
+class _RunState:
+    """Per-session (per-run) state of the decode stage."""
+
+    pre: OnlinePreprocessor
+    next_tr: int = 0
+    buffer: dict[int, np.ndarray] = field(default_factory=dict)
+    seen: set[int] = field(default_factory=set)
+
+
+class LatencyLog:
+    """Bounded per-stage latency samples (ms) with percentiles."""
+
+    def __init__(self, maxlen: int = 4096):
+        self._d = {s: deque(maxlen=maxlen) for s in STAGES}
+
+    def add(self, stage: str, ms: float) -> None:
+        self._d[stage].append(ms)
+
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for s, d in self._d.items():
+            if d:
+                a = np.fromiter(d, float)
+                out[s] = {"p50_ms": round(float(np.percentile(a, 50)), 3),
+                          "p99_ms": round(float(np.percentile(a, 99)), 3), "n": len(a)}
+        return out
+
+
+class Daemon:
+    """Decode a stream of volumes into published captions; see the module docstring."""
+
+    def __init__(self, cfg: Config, model: DecoderModel, source: Source, publisher=None, *,
+                 journal: Journal | None = None, caption_outlet=None,
+                 mask: np.ndarray | None = None, session: str = "", strict: bool = False):
+        self.cfg, self.model, self.source = cfg, model, source
+        self.publisher, self.journal, self.caption_outlet = publisher, journal, caption_outlet
+        self.mask, self.default_session, self.strict = mask, session, strict
+        self.n_voxels = int(model.meta["trained_on"]["n_voxels"])
+        self.lag, self.width = cfg.window.lag_trs, cfg.window.width_trs
+        self.stride = cfg.stream.clip_stride_trs
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.latency = LatencyLog()
+        self._in: queue.Queue = queue.Queue(maxsize=cfg.stream.ingest_queue)
+        self._out: queue.Queue = queue.Queue(maxsize=cfg.stream.publish_queue)
+        self._runs: dict[str, _RunState] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+        self.t_start = time.time()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Daemon:
+        for name, fn in (("ingest", self._ingest), ("decode", self._decode_loop),
+                         ("publish", self._publish_loop), ("status", self._status_loop)):
+            t = threading.Thread(target=self._guard(fn), name=f"rtdecode-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def run(self, timeout: float | None = None) -> dict:
+        """Start, wait until the source is exhausted (or :meth:`stop`), shut down cleanly."""
+        self.start()
+        self.join(timeout)
+        return self.shutdown()
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads[:3]:  # ingest, decode, publish finish in that order
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """Ask every stage to finish (e.g. on SIGINT/SIGTERM)."""
+        self._stop.set()
+        try:
+            self.source.close()
+        except Exception:  # closing a source that already ended
+            log.debug("source close failed", exc_info=True)
+
+    def shutdown(self) -> dict:
+        self.stop()
+        for t in self._threads:
+            t.join(5.0)
+        status = self.status()
+        if self.journal is not None:
+            self.journal.write({"kind": "summary", **status})
+            self.journal.close()
+        if self._errors and self.strict:
+            raise self._errors[0]
+        return status
+
+    def _guard(self, fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:  # a stage crash must not pass silently
+                log.exception("stage %s failed", fn.__name__)
+                self._errors.append(exc)
+                self._stop.set()
+                for q in (self._in, self._out):
+                    try:
+                        q.put_nowait(_STOP)
+                    except queue.Full:
+                        pass
+        return run
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[key] += n
+
+    # ------------------------------------------------------------------ ingest
+
+    def _ingest(self) -> None:
+        for vol in self.source:
+            t_recv = time.perf_counter()
+            self._count("received")
+            session = vol.session or self.default_session
+            try:
+                self._in.put_nowait((vol, t_recv))
+                status = "ok"
+            except queue.Full:
+                self._count("dropped")
+                status = "dropped"
+                log.warning("decode stage behind: dropped TR %d of %s", vol.tr_index, session)
+            if self.journal is not None:
+                self.journal.volume(session, vol.tr_index, vol.t_acq, time.time(), status,
+                                    shape=list(vol.shape))
+            if self._stop.is_set():
+                break
+        self._in.put(_STOP)
+
+    # ------------------------------------------------------------------ decode
+
+    def _reject(self, vol: Volume, counter: str, reason: str) -> None:
+        self._count(counter)
+        log.warning("TR %d: %s", vol.tr_index, reason)
+        if self.journal is not None:
+            self.journal.volume(vol.session or self.default_session, vol.tr_index, vol.t_acq,
+                                time.time(), counter, reason)
+        if self.strict and counter == "malformed":
+            raise ValueError(reason)
+
+    def _voxels(self, vol: Volume) -> np.ndarray | None:
+        data = vol.data
+        if data.ndim == 3:
+            if self.mask is None:
+                self._reject(vol, "malformed", f"3-D volume {data.shape} but no brain mask "
+                             "is configured")
+                return None
+            if data.shape != self.mask.shape:
+                self._reject(vol, "malformed", f"volume shape {data.shape} does not match the "
+                             f"mask's {self.mask.shape}")
+                return None
+            data = data[self.mask]
+        if data.shape[0] != self.n_voxels:
+            self._reject(vol, "malformed", f"{data.shape[0]} voxels, the model expects "
+                         f"{self.n_voxels}")
+            return None
+        return data
+
+    def _decode_loop(self) -> None:
+        tr = float(self.model.meta["trained_on"].get("tr", self.cfg.data.tr))
+        while True:
+            item = self._in.get()
+            if item is _STOP:
+                break
+            vol, t_recv = item
+            t0 = time.perf_counter()
+            self.latency.add("queue_wait", (t0 - t_recv) * 1e3)
+            x = self._voxels(vol)
+            if x is None:
+                continue
+            session = vol.session or self.default_session
+            st = self._runs.get(session)
+            if st is None:
+                st = self._runs[session] = _RunState(
+                    OnlinePreprocessor(self.n_voxels, tr, self.cfg.preprocess))
+            k = vol.tr_index
+            if k in st.seen:
+                self._reject(vol, "duplicates", f"duplicate TR {k} of session {session!r}")
+                continue
+            if k < st.next_tr:
+                self._reject(vol, "late", f"TR {k} arrived after TR {st.next_tr - 1}; "
+                             "dropped (preprocessing is causal)")
+                continue
+            if k > st.next_tr:
+                gap = k - st.next_tr
+                self._count("missing", gap)
+                log.warning("session %r: %d TR(s) missing before TR %d", session, gap, k)
+                # Windows whose last volume was lost: finalise them, bridged, now.
+                for end in range(st.next_tr, k):
+                    self._emit_clip(session, st, end - self.lag - self.width + 1, t_recv,
+                                    final=True)
+            st.seen.add(k)
+            st.next_tr = k + 1
+            z = st.pre.update(x)
+            st.buffer[k] = z
+            t1 = time.perf_counter()
+            self.latency.add("preprocess", (t1 - t0) * 1e3)
+            self._count("decoded")
+            # Every clip whose window holds TR k: provisional until its window is complete.
+            for w in range(self.width):
+                self._emit_clip(session, st, k - self.lag - w, t_recv,
+                                final=(w == self.width - 1))
+            for old in [i for i in st.buffer if i < k - self.lag - 2 * self.width]:
+                del st.buffer[old]
+        self._out.put(_STOP)
+
+    def _emit_clip(self, session: str, st: _RunState, clip_tr: int, t_recv: float,
+                   final: bool) -> None:
+        if clip_tr < 0 or clip_tr % self.stride:
+            return
+        idx = [clip_tr + self.lag + w for w in range(self.width)]
+        have = [i for i in idx if i in st.buffer]
+        if not have:
+            return
+        t0 = time.perf_counter()
+        if self.cfg.window.reduce == "mean":
+            x = np.mean([st.buffer[i] for i in have], axis=0)
+        else:
+            zero = np.zeros_like(st.buffer[have[0]])
+            x = reduce_window(np.stack([st.buffer.get(i, zero) for i in idx]), self.cfg.window)
+        if self.model.voxels is not None:
+            x = x[self.model.voxels]
+        pred = self.model.engine.decode(x[None, :].astype(np.float32))
+        (cap, score), = self.model.bank.nearest(pred)[0][:1]
+        t1 = time.perf_counter()
+        self.latency.add("decode", (t1 - t0) * 1e3)
+        header = {"session": session, "tr_index": int(clip_tr), "final": bool(final),
+                  "text": caption_text(cap), "basic": cap.get("basic", ""),
+                  "score": round(score, 4), "n_volumes": len(have),
+                  "bridged": bool(final and len(have) < self.width),
+                  "latency_ms": round((t1 - t_recv) * 1e3, 3)}
+        self._count("captions")
+        if final:
+            self._count("finals")
+        self._queue_out("caption", header, t_recv=t_recv)
+        sem = {"session": session, "tr_index": int(clip_tr), "final": bool(final),
+               "n_volumes": len(have), "dtype": "float32", "shape": list(pred.shape[1:])}
+        self._queue_out("semantics", sem, pred[0].astype(np.float32).tobytes())
+
+    def _queue_out(self, topic: str, header: dict, *buffers, t_recv: float | None = None):
+        try:
+            self._out.put_nowait((topic, header, buffers, t_recv))
+        except queue.Full:
+            self._count("outputs_dropped")
+
+    # ------------------------------------------------------------------ publish
+
+    def _publish_loop(self) -> None:
+        while True:
+            item = self._out.get()
+            if item is _STOP:
+                break
+            topic, header, buffers, t_recv = item
+            t0 = time.perf_counter()
+            header = {"v": 1, **header, "t_emit": time.time()}
+            if self.publisher is not None:
+                self.publisher.publish(topic, header, *buffers)
+            if topic == "caption" and self.caption_outlet is not None:
+                self.caption_outlet.push(header)
+            if self.journal is not None and topic != "semantics":
+                self.journal.output(topic, header)
+            t1 = time.perf_counter()
+            self.latency.add("publish", (t1 - t0) * 1e3)
+            if t_recv is not None:
+                self.latency.add("end_to_end", (t1 - t_recv) * 1e3)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        with self._lock:
+            counters = dict(self.counters)
+        return {"session": self.default_session, "uptime_s": round(time.time() - self.t_start, 3),
+                "counters": counters,
+                "queues": {"ingest": self._in.qsize(), "publish": self._out.qsize()},
+                "latency": self.latency.percentiles()}
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(self.cfg.stream.status_interval_s):
+            if not any(t.is_alive() for t in self._threads[:3]):
+                return
+            self._queue_out("status", self.status())
