@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import numpy as np
@@ -21,7 +20,7 @@ from rtdecode.journal import Journal, read_journal
 from rtdecode.messages import Volume
 from rtdecode.preprocess import preprocess_run, window_features
 from rtdecode.ridge import train_model
-from rtdecode.sources import ArraySource, RunSource
+from rtdecode.sources import RunSource
 
 
 class ListPublisher:
