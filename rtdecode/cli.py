@@ -174,6 +174,33 @@ def _session_matches(root: Path, sim) -> bool:
         return False
 
 
+train_app = typer.Typer(help="Train decoders on a session.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("ridge")
+def train_ridge(
+    data: Annotated[Path | None, typer.Option(help="Session directory (default: the "
+                                                   "config's data.root).")] = None,
+    subject: Annotated[str, typer.Option(help="Subject label.")] = "sub-01",
+    out: Annotated[Path | None, typer.Option(help="Model directory (default: "
+                                                  "runs/models/ridge-SUBJECT).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Fit the ridge decoder with its caption bank on the training runs and save it."""
+    from .data import load_session
+    from .ridge import train_model
+
+    try:
+        cfg = load_config(config)
+        model = train_model(load_session(data or Path(cfg.data.root), subject), cfg)
+    except (ConfigError, DataError) as exc:
+        _fail(str(exc))
+    path = model.save(out or Path("runs") / "models" / f"ridge-{subject}")
+    typer.echo(f"saved {path} (alpha {model.meta['alpha']:g}, "
+               f"{model.meta['n_train_clips']} training clips, {model.engine.n_inputs} voxels)")
+
+
 @app.command("config")
 def show_config(path: Annotated[Path | None, typer.Argument(help="Config file (default: "
                                                                  "configs/toy.toml).")] = None

@@ -1,0 +1,1 @@
+"""Real transports for volumes and decoder outputs: Lab Streaming Layer, ZeroMQ."""
