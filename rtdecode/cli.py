@@ -201,6 +201,243 @@ def train_ridge(
                f"{model.meta['n_train_clips']} training clips, {model.engine.n_inputs} voxels)")
 
 
+def _load_or_train_model(cfg, model_dir: Path | None, subject: str):
+    """A trained model: ``model_dir`` if given, else the default for ``subject``, trained on
+    the config's session (and saved under runs/models) the first time."""
+    from .data import load_session
+    from .engine import DecoderModel
+    from .ridge import train_model
+
+    if model_dir is not None:
+        return DecoderModel.load(model_dir)
+    path = Path("runs") / "models" / f"ridge-{subject}"
+    session = load_session(Path(cfg.data.root), subject)
+    if path.is_dir():
+        model = DecoderModel.load(path)
+        try:
+            from .engine import provenance
+
+            model.check_compatible(provenance(session, cfg))
+            return model
+        except ValueError as exc:
+            typer.echo(f"retraining {path}: {exc}", err=True)
+    typer.echo(f"training the ridge decoder for {subject} on {cfg.data.root} ...", err=True)
+    model = train_model(session, cfg)
+    model.save(path)
+    return model
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    source: Annotated[str | None, typer.Option(help="Input: zmq://HOST:PORT (bind PULL), "
+                                                    "zmq+sub://HOST:PORT or lsl:NAME "
+                                                    "(default: the config's stream.source).")
+                      ] = None,
+    publish: Annotated[str | None, typer.Option(help="Where to bind the output PUB socket "
+                                                     "(default: stream.publish).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Trained model directory (default: the "
+                                                    "ridge model of --subject, trained on "
+                                                    "first use).")] = None,
+    subject: Annotated[str, typer.Option(help="Subject whose default model to use.")] = "sub-01",
+    session: Annotated[str, typer.Option(help="Session label for volumes that carry "
+                                              "none.")] = "",
+    journal: Annotated[Path | None, typer.Option(help="Journal file (default: "
+                                                      "stream.journal_dir/<time>.jsonl).")
+                       ] = None,
+    once: Annotated[bool, typer.Option(help="Exit at the sender's end-of-stream marker "
+                                            "(ZeroMQ) or when no volume arrives for "
+                                            "--idle-exit seconds.")] = False,
+    idle_exit: Annotated[float | None, typer.Option(help="Exit after this many seconds "
+                                                         "without a volume.")] = None,
+    lsl_captions: Annotated[bool | None, typer.Option(help="Also publish captions as an LSL "
+                                                           "marker stream (default: "
+                                                           "stream.lsl_captions).")] = None,
+    wait_subscribers: Annotated[int, typer.Option(help="Before decoding, wait (up to 30 s) "
+                                                       "until this many subscribers are "
+                                                       "connected, so they miss nothing.")
+                                ] = 0,
+) -> None:
+    """Run the scanner-side daemon: decode volumes as they arrive and publish captions."""
+    import logging
+    import signal
+
+    from .daemon import Daemon
+    from .endpoints import check_publish, open_source, parse_endpoint
+    from .journal import Journal
+    from .transport.zmq import ZmqPublisher
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config)
+        ep = parse_endpoint(source or cfg.stream.source)
+        pub_uri = check_publish(publish or cfg.stream.publish)
+        dec = _load_or_train_model(cfg, model, subject)
+        src = open_source(ep, recv_timeout_s=idle_exit, stop_on_eos=once,
+                          max_bytes=int(cfg.stream.max_message_mb * 2**20))
+    except (ConfigError, DataError, ValueError, FileNotFoundError, TimeoutError) as exc:
+        _fail(str(exc))
+    jpath = journal or Path(cfg.stream.journal_dir) / time.strftime("%Y%m%d-%H%M%S.jsonl")
+    publisher = ZmqPublisher(pub_uri)
+    outlet = None
+    if cfg.stream.lsl_captions if lsl_captions is None else lsl_captions:
+        from .transport.lsl import LslCaptionOutlet
+
+        outlet = LslCaptionOutlet(session=session)
+    daemon = Daemon(cfg, dec, src, publisher, journal=Journal(jpath), caption_outlet=outlet,
+                    session=session)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.stop())
+    if wait_subscribers and not publisher.wait_for_subscribers(wait_subscribers, 30.0):
+        typer.echo(f"warning: fewer than {wait_subscribers} subscriber(s) after 30 s; "
+                   "starting anyway", err=True)
+    typer.echo(f"serving: volumes from {ep}, outputs on {pub_uri}, journal {jpath}", err=True)
+    status = daemon.run()
+    publisher.close()
+    if outlet is not None:
+        outlet.close()
+    c = status["counters"]
+    typer.echo(f"stopped: {c['received']} volumes received, {c['decoded']} decoded, "
+               f"{c['finals']} final captions; malformed {c['malformed']}, dropped "
+               f"{c['dropped']}, late {c['late']}, duplicates {c['duplicates']}, missing "
+               f"{c['missing']}", err=True)
+
+
+@app.command()
+def replay(
+    data: Annotated[Path, typer.Argument(help="Session directory (BIDS-like).")],
+    to: Annotated[str, typer.Option(help="zmq://HOST:PORT (connect PUSH to a serving daemon) "
+                                         "or lsl:NAME (create an fMRI outlet).")
+                  ] = "zmq://127.0.0.1:5555",
+    subject: Annotated[str, typer.Option(help="Subject to replay.")] = "sub-01",
+    task: Annotated[str, typer.Option(help="Task of the runs to replay.")] = "test",
+    run: Annotated[int | None, typer.Option(help="Run number (default: the first; "
+                                                 "--all for every run of the task).")] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="Replay every run of the task, "
+                                                         "one session each.")] = False,
+    speed: Annotated[float, typer.Option(help="Pace at this multiple of real time.")] = 1.0,
+    max_speed: Annotated[bool, typer.Option("--max-speed", help="Send as fast as "
+                                                                "possible.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the receiving daemon "
+                                             "(ZeroMQ) or an LSL consumer.")] = 10.0,
+) -> None:
+    """Replay recorded runs TR by TR, as a scanner would send them (paced by target
+    timestamps with drift correction, not sleep(TR))."""
+    import numpy as np
+
+    from .data import load_session
+    from .endpoints import open_sink, parse_endpoint
+    from .sources import RunSource
+
+    try:
+        ep = parse_endpoint(to)
+        sess = load_session(data, subject)
+        runs = sess.runs_of(task)
+        if not runs:
+            raise DataError(f"{data}: {subject} has no {task!r} runs")
+        if not all_runs:
+            runs = [next((r for r in runs if r.run == run), None) if run else runs[0]]
+            if runs[0] is None:
+                raise DataError(f"{data}: {subject} has no {task!r} run {run}")
+        if ep.kind == "lsl" and len(runs) > 1:
+            raise ValueError("an LSL stream carries one run; choose one with --run")
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    total, lateness = 0, []
+    for r in runs:
+        label = f"{subject}_task-{r.task}_run-{r.run:02d}"
+        sink = open_sink(ep, n_voxels=sess.n_voxels, tr=r.tr, session=label, wait_s=wait)
+        if ep.kind == "lsl" and not sink.wait_for_consumers(wait):
+            _fail(f"no consumer connected to LSL stream {ep.address!r} within {wait:g} s")
+        src = RunSource(r, speed=None if max_speed else speed, session=label)
+        try:
+            for vol in src:
+                sink.send(vol)
+                total += 1
+        except TimeoutError:
+            _fail(f"no daemon took volumes at {ep} within {wait:g} s (is `rtdecode serve` "
+                  "running there?)")
+        lateness += src.pacer.lateness
+        if ep.kind == "zmq":
+            sink.close(send_eos=r is runs[-1])
+        else:
+            sink.close()
+        typer.echo(f"sent {label}: {r.n_trs} TRs", err=True)
+    if ep.kind == "zmq":
+        import zmq
+
+        zmq.Context.instance().term()  # returns once queued volumes are delivered (linger)
+    msg = f"replayed {total} volumes of {len(runs)} run(s) to {ep}"
+    if lateness:
+        ms = np.asarray(lateness) * 1e3
+        msg += f"; pacing lateness p50 {np.percentile(ms, 50):.2f} ms, p99 " \
+               f"{np.percentile(ms, 99):.2f} ms"
+    typer.echo(msg)
+
+
+@app.command()
+def subscribe(
+    uri: Annotated[str, typer.Argument(help="The daemon's PUB endpoint.")
+                   ] = "tcp://127.0.0.1:5556",
+    topics: Annotated[str, typer.Option(help="Comma-separated topics: caption, semantics, "
+                                             "video, status.")] = "caption",
+    final_only: Annotated[bool, typer.Option(help="Print final captions only.")] = False,
+    save: Annotated[Path | None, typer.Option(help="Save received captions (captions.jsonl) "
+                                                   "and video clips (clip-ID.npy) here.")
+                    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON header per "
+                                                         "line.")] = False,
+    count: Annotated[int | None, typer.Option(help="Exit after this many final captions.")
+                     ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Exit after this many seconds without "
+                                                       "a message.")] = None,
+) -> None:
+    """Print decoded captions live (and save them, and clips)."""
+    import numpy as np
+
+    from .transport.zmq import ZmqSubscriber
+    from .wire import OUTPUT_TOPICS, video_frames
+
+    wanted = [t.strip() for t in topics.split(",") if t.strip()]
+    bad = [t for t in wanted if t not in OUTPUT_TOPICS]
+    if bad:
+        _fail(f"unknown topic(s) {bad}; choose from {list(OUTPUT_TOPICS)}")
+    fh = None
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        fh = (save / "captions.jsonl").open("a", encoding="utf-8", buffering=1)
+    finals = 0
+    sub = ZmqSubscriber(uri, topics=tuple(wanted), recv_timeout_s=timeout)
+    try:
+        for topic, header, buffers in sub:
+            if topic == "caption":
+                if fh is not None:
+                    fh.write(json.dumps(header) + "\n")
+                finals += bool(header.get("final"))
+                if final_only and not header.get("final"):
+                    continue
+            elif topic == "video" and save is not None:
+                np.save(save / f"clip-{header['clip_id']}.npy", video_frames(header, buffers))
+            if as_json:
+                typer.echo(json.dumps({"topic": topic, **header}))
+            elif topic == "caption":
+                t = header["text"]
+                kind = "final" if header["final"] else "prov."
+                typer.echo(f"TR {header['tr_index']:4d} {kind} {header['score']:+.2f} "
+                           f"{header.get('latency_ms', 0):6.1f} ms | {t['anchor']} | "
+                           f"{t['motion']}")
+            else:
+                typer.echo(f"[{topic}] " + json.dumps(header)[:200])
+            if count is not None and finals >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+        if fh is not None:
+            fh.close()
+
+
 @app.command("config")
 def show_config(path: Annotated[Path | None, typer.Argument(help="Config file (default: "
                                                                  "configs/toy.toml).")] = None

@@ -321,8 +321,12 @@ class Daemon:
     def status(self) -> dict:
         with self._lock:
             counters = dict(self.counters)
-        return {"session": self.default_session, "uptime_s": round(time.time() - self.t_start, 3),
-                "counters": counters,
+        # Messages the transport rejected (garbage, NaN data, bad headers) count as malformed.
+        transport = dict(getattr(self.source, "counters", {}) or {})
+        counters["malformed"] += int(transport.get("malformed", 0))
+        return {"session": self.default_session,
+                "uptime_s": round(time.time() - self.t_start, 3),
+                "counters": counters, "transport": transport,
                 "queues": {"ingest": self._in.qsize(), "publish": self._out.qsize()},
                 "latency": self.latency.percentiles()}
 

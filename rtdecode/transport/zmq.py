@@ -288,7 +288,9 @@ class ZmqVolumeSink:
     :class:`~rtdecode.sources.VolumeSink`.
 
     ``session`` labels every message (``None``: each volume's own ``session``); ``tr`` is
-    announced in each header when given. ``send`` blocks while the queues are full (lossless),
+    announced in each header when given. ``immediate=True`` queues only to connected
+    receivers, so with ``send_timeout_s`` a missing receiver is a :class:`TimeoutError`
+    rather than volumes queued into the void. ``send`` blocks while the queues are full (lossless),
     at most ``send_timeout_s`` if set, then raises :class:`TimeoutError`. ``close`` sends the
     end-of-stream marker and lingers up to ``linger_s`` so queued volumes are delivered.
     """
@@ -298,11 +300,13 @@ class ZmqVolumeSink:
                  send_timeout_s: float | None = None, linger_s: float = 5.0,
                  sndhwm: int = 1000, curve_server_key: bytes | None = None,
                  curve_public_key: bytes | None = None, curve_secret_key: bytes | None = None,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, immediate: bool = False):
         ctx = context or zmq.Context.instance()
         sock = ctx.socket(zmq.PUSH)
         try:
             sock.setsockopt(zmq.SNDHWM, int(sndhwm))
+            if immediate:  # queue only to completed connections: send waits for a receiver
+                sock.setsockopt(zmq.IMMEDIATE, 1)
             if send_timeout_s is not None:
                 sock.setsockopt(zmq.SNDTIMEO, max(0, int(send_timeout_s * 1000)))
             curve = _setup_curve(sock, server_role=bind, curve_secret_key=curve_secret_key,
