@@ -174,8 +174,11 @@ def test_cli_replay_serve_subscribe(small_session, tmp_path):
                                    "1", "--no-lsl-captions", "--journal",
                                    str(tmp_path / "j.jsonl")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = load_session(small_session, "sub-01").runs_of("test")[0]
+    n_final = len(expected_finals(run))
     sub = subprocess.Popen(rt + ["subscribe", f"tcp://127.0.0.1:{pout}", "--json",
-                                 "--final-only", "--timeout", "15", "--save",
+                                 "--final-only", "--count", str(n_final), "--timeout", "20",
+                                 "--save",
                                  str(tmp_path / "out")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -198,7 +201,6 @@ def test_cli_replay_serve_subscribe(small_session, tmp_path):
     assert serve.returncode == 0, serr
     import json
     finals = [json.loads(line)["tr_index"] for line in sout.splitlines()]
-    run = load_session(small_session, "sub-01").runs_of("test")[0]
     assert finals == expected_finals(run)
     assert (tmp_path / "out" / "captions.jsonl").is_file()
     assert "malformed 0" in serr
