@@ -438,6 +438,53 @@ def subscribe(
             fh.close()
 
 
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("latency")
+def bench_latency_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    tr: Annotated[float, typer.Option(help="TR used for the 1x runs (seconds).")] = 2.0,
+    trs: Annotated[int, typer.Option(help="TRs per 1x run.")] = 10,
+    trs_max: Annotated[int, typer.Option(help="TRs per max-speed run.")] = 600,
+    soak: Annotated[int, typer.Option(help="TRs of the throughput / RSS soak.")] = 3600,
+    transports: Annotated[str, typer.Option(help="Comma-separated: zmq, lsl.")] = "zmq,lsl",
+    voxels: Annotated[str, typer.Option(help="Comma-separated voxel counts.")
+                      ] = "15000,100000",
+) -> None:
+    """Volume-in -> caption-out latency (1x and max speed) over ZeroMQ and LSL for 15k and
+    100k voxels, with the transport's own floor, throughput and RSS growth."""
+    import logging
+
+    from .bench import bench_latency
+
+    logging.getLogger("rtdecode").setLevel(logging.ERROR)
+    say = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
+    try:
+        kinds = tuple(t.strip() for t in transports.split(",") if t.strip())
+        vox = tuple(int(v) for v in voxels.split(","))
+        if set(kinds) - {"zmq", "lsl"} or not kinds:
+            raise ValueError(f"transports {transports!r}: choose from zmq, lsl")
+    except ValueError as exc:
+        _fail(str(exc))
+    result = bench_latency(vox, kinds, trs_1x=trs, tr=tr, trs_max=trs_max, trs_soak=soak,
+                           progress=say)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"{'':10} {'p50 ms':>8} {'p99 ms':>8} {'floor p99':>10} {'decode p99':>10} "
+               f"{'overhead p99':>12} {'max-speed p99':>13} {'TR/s':>8}")
+    for kind in kinds:
+        for key, r in result[kind].items():
+            typer.echo(f"{kind + ' ' + key:10} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+                       f"{r['floor_p99_ms']:10.2f} {r['decode_p99_ms']:10.2f} "
+                       f"{r['overhead_p99_ms']:12.2f} {r['max_speed_p99_ms']:13.2f} "
+                       f"{r['max_speed_tr_per_s']:8.1f}")
+    typer.echo(f"throughput (zmq 15k, max speed): {result['throughput_tr_per_s']} TR/s; "
+               f"RSS growth over {result['soak_trs']} TRs: {result['rss_growth_mb']} MB")
+
+
 @app.command("config")
 def show_config(path: Annotated[Path | None, typer.Argument(help="Config file (default: "
                                                                  "configs/toy.toml).")] = None

@@ -115,11 +115,18 @@ class StreamConfig:
     clip_stride_trs: int = param(1, ge=1, le=30,
                                  doc="a stimulus clip starts every N TRs (2-s clips, TR 2 s: 1)")
     ingest_queue: int = param(256, ge=1, doc="volumes buffered between ingest and decode")
+    on_full: str = param("drop", choices=("drop", "block"),
+                         doc="ingest queue full: drop the volume (live: never fall behind the "
+                             "scanner) or block the sender (lossless max-speed replay)")
     publish_queue: int = param(1024, ge=1, doc="outputs buffered before publishing")
     status_interval_s: float = param(1.0, gt=0.0)
     journal_dir: str = param("runs/journal", doc="session journals, relative to the cwd")
     max_message_mb: float = param(64.0, gt=0.0, doc="largest accepted input message")
     lsl_captions: bool = param(True, doc="also publish captions as an LSL marker stream")
+    switch_interval_ms: float = param(
+        0.5, ge=0.0, le=100.0,
+        doc="Python's thread switch interval while the daemon runs (0 = leave as is); the "
+            "default 5 ms lets a busy stage hold back a caption that is ready to publish")
 
 
 @dataclass(frozen=True)

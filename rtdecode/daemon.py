@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -87,6 +88,7 @@ class Daemon:
         self.n_voxels = int(model.meta["trained_on"]["n_voxels"])
         self.lag, self.width = cfg.window.lag_trs, cfg.window.width_trs
         self.stride = cfg.stream.clip_stride_trs
+        self.tr = float(model.meta["trained_on"].get("tr", cfg.data.tr))
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latency = LatencyLog()
         self._in: queue.Queue = queue.Queue(maxsize=cfg.stream.ingest_queue)
@@ -101,6 +103,8 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Daemon:
+        if self.cfg.stream.switch_interval_ms > 0:  # process-wide: the daemon is the process
+            sys.setswitchinterval(self.cfg.stream.switch_interval_ms / 1000.0)
         for name, fn in (("ingest", self._ingest), ("decode", self._decode_loop),
                          ("publish", self._publish_loop), ("status", self._status_loop)):
             t = threading.Thread(target=self._guard(fn), name=f"rtdecode-{name}", daemon=True)
@@ -166,7 +170,10 @@ class Daemon:
             self._count("received")
             session = vol.session or self.default_session
             try:
-                self._in.put_nowait((vol, t_recv))
+                if self.cfg.stream.on_full == "block":
+                    self._in.put((vol, t_recv))
+                else:
+                    self._in.put_nowait((vol, t_recv))
                 status = "ok"
             except queue.Full:
                 self._count("dropped")
@@ -209,7 +216,7 @@ class Daemon:
         return data
 
     def _decode_loop(self) -> None:
-        tr = float(self.model.meta["trained_on"].get("tr", self.cfg.data.tr))
+        tr = self.tr
         while True:
             item = self._in.get()
             if item is _STOP:
@@ -238,9 +245,8 @@ class Daemon:
                 self._count("missing", gap)
                 log.warning("session %r: %d TR(s) missing before TR %d", session, gap, k)
                 # Windows whose last volume was lost: finalise them, bridged, now.
-                for end in range(st.next_tr, k):
-                    self._emit_clip(session, st, end - self.lag - self.width + 1, t_recv,
-                                    final=True)
+                self._emit_clips(session, st, [(end - self.lag - self.width + 1, True)
+                                               for end in range(st.next_tr, k)], t_recv, k)
             st.seen.add(k)
             st.next_tr = k + 1
             z = st.pre.update(x)
@@ -249,45 +255,67 @@ class Daemon:
             self.latency.add("preprocess", (t1 - t0) * 1e3)
             self._count("decoded")
             # Every clip whose window holds TR k: provisional until its window is complete.
-            for w in range(self.width):
-                self._emit_clip(session, st, k - self.lag - w, t_recv,
-                                final=(w == self.width - 1))
+            self._emit_clips(session, st, [(k - self.lag - w, w == self.width - 1)
+                                           for w in range(self.width)], t_recv, k)
             for old in [i for i in st.buffer if i < k - self.lag - 2 * self.width]:
                 del st.buffer[old]
         self._out.put(_STOP)
 
-    def _emit_clip(self, session: str, st: _RunState, clip_tr: int, t_recv: float,
-                   final: bool) -> None:
+    def _window(self, st: _RunState, clip_tr: int) -> tuple[np.ndarray, int] | None:
+        """The decoder input for a clip from the volumes of its window received so far."""
         if clip_tr < 0 or clip_tr % self.stride:
-            return
+            return None
         idx = [clip_tr + self.lag + w for w in range(self.width)]
         have = [i for i in idx if i in st.buffer]
         if not have:
-            return
-        t0 = time.perf_counter()
+            return None
         if self.cfg.window.reduce == "mean":
-            x = np.mean([st.buffer[i] for i in have], axis=0)
-        else:
+            x = st.buffer[have[0]].copy()
+            for i in have[1:]:
+                x += st.buffer[i]
+            if len(have) > 1:
+                x *= np.float32(1.0 / len(have))
+        else:  # concat: volumes still to come count as zeros (the z-scored mean)
             zero = np.zeros_like(st.buffer[have[0]])
             x = reduce_window(np.stack([st.buffer.get(i, zero) for i in idx]), self.cfg.window)
         if self.model.voxels is not None:
             x = x[self.model.voxels]
-        pred = self.model.engine.decode(x[None, :].astype(np.float32))
-        (cap, score), = self.model.bank.nearest(pred)[0][:1]
+        return x, len(have)
+
+    def _emit_clips(self, session: str, st: _RunState, clips: list[tuple[int, bool]],
+                    t_recv: float, trigger: int) -> None:
+        """Decode the windows of ``clips`` [(clip TR, final)] in one batch and queue the
+        captions (then their semantics)."""
+        rows, meta = [], []
+        t0 = time.perf_counter()
+        for clip_tr, final in clips:
+            w = self._window(st, clip_tr)
+            if w is not None:
+                rows.append(w[0])
+                meta.append((clip_tr, final, w[1]))
+        if not rows:
+            return
+        pred = self.model.engine.decode(np.stack(rows).astype(np.float32, copy=False))
+        best = self.model.bank.nearest(pred)
         t1 = time.perf_counter()
-        self.latency.add("decode", (t1 - t0) * 1e3)
-        header = {"session": session, "tr_index": int(clip_tr), "final": bool(final),
-                  "text": caption_text(cap), "basic": cap.get("basic", ""),
-                  "score": round(score, 4), "n_volumes": len(have),
-                  "bridged": bool(final and len(have) < self.width),
-                  "latency_ms": round((t1 - t_recv) * 1e3, 3)}
-        self._count("captions")
-        if final:
-            self._count("finals")
-        self._queue_out("caption", header, t_recv=t_recv)
-        sem = {"session": session, "tr_index": int(clip_tr), "final": bool(final),
-               "n_volumes": len(have), "dtype": "float32", "shape": list(pred.shape[1:])}
-        self._queue_out("semantics", sem, pred[0].astype(np.float32).tobytes())
+        ms = (t1 - t0) * 1e3
+        self.latency.add("decode", ms)
+        tr = self.tr
+        for (clip_tr, final, n), ((cap, score),) in zip(meta, best):
+            self._count("captions")
+            self._count("finals", int(final))
+            self._queue_out("caption", {
+                "session": session, "tr_index": int(clip_tr), "final": bool(final),
+                "t_clip": round(clip_tr * tr, 3), "text": caption_text(cap),
+                "basic": cap.get("basic", ""), "score": round(score, 4), "n_volumes": n,
+                "bridged": bool(final and n < self.width), "trigger_tr": int(trigger),
+                "decode_ms": round(ms, 3), "latency_ms": round((t1 - t_recv) * 1e3, 3)},
+                t_recv=t_recv)
+        for (clip_tr, final, n), p in zip(meta, pred):
+            self._queue_out("semantics", {
+                "session": session, "tr_index": int(clip_tr), "final": bool(final),
+                "n_volumes": n, "dtype": "float32", "shape": [int(p.shape[0])]},
+                p.astype(np.float32).tobytes())
 
     def _queue_out(self, topic: str, header: dict, *buffers, t_recv: float | None = None):
         try:
@@ -305,7 +333,7 @@ class Daemon:
             topic, header, buffers, t_recv = item
             t0 = time.perf_counter()
             header = {"v": 1, **header, "t_emit": time.time()}
-            if self.publisher is not None:
+            if self.publisher is not None and self._wanted(topic):
                 self.publisher.publish(topic, header, *buffers)
             if topic == "caption" and self.caption_outlet is not None:
                 self.caption_outlet.push(header)
@@ -315,6 +343,11 @@ class Daemon:
             self.latency.add("publish", (t1 - t0) * 1e3)
             if t_recv is not None:
                 self.latency.add("end_to_end", (t1 - t_recv) * 1e3)
+
+    def _wanted(self, topic: str) -> bool:
+        """Skip encoding a topic nobody subscribes to (PUB would drop it anyway)."""
+        count = getattr(self.publisher, "n_subscribers", None)
+        return count is None or count(topic) > 0
 
     # ------------------------------------------------------------------ status
 

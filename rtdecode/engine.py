@@ -81,7 +81,10 @@ class CaptionBank:
         p = pred - pred.mean(axis=1, keepdims=True)
         p = p / (np.linalg.norm(p, axis=1, keepdims=True) + 1e-12)
         sims = p @ self._unit.T
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        if k == 1:
+            top = sims.argmax(axis=1)[:, None]
+        else:
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return [[(self.captions[j], float(sims[i, j])) for j in row] for i, row in enumerate(top)]
 
 

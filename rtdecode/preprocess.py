@@ -45,9 +45,13 @@ class OnlinePreprocessor:
     def reset(self) -> None:
         V = self.n_voxels
         self.t = 0
-        self._level = np.zeros(V, np.float64)   # drift estimate
-        self._mean = np.zeros(V, np.float64)    # Welford running mean of the residual
-        self._m2 = np.zeros(V, np.float64)      # Welford running sum of squares
+        # float32 state and preallocated work buffers: this runs once per TR per voxel.
+        self._level = np.zeros(V, np.float32)   # drift estimate
+        self._mean = np.zeros(V, np.float32)    # Welford running mean of the residual
+        self._m2 = np.zeros(V, np.float32)      # Welford running sum of squares
+        self._resid = np.empty(V, np.float32)
+        self._delta = np.empty(V, np.float32)
+        self._tmp = np.empty(V, np.float32)
 
     @property
     def ready(self) -> bool:
@@ -58,27 +62,36 @@ class OnlinePreprocessor:
         """Take one volume's voxel vector; return its preprocessed float32 vector."""
         if x.shape != (self.n_voxels,):
             raise ValueError(f"volume has shape {x.shape}, expected ({self.n_voxels},)")
-        x = x.astype(np.float64, copy=False)
-        n_base = self.cfg.baseline_trs
-        if self.t < n_base:
+        resid, delta, tmp = self._resid, self._delta, self._tmp
+        if self.t < self.cfg.baseline_trs:
             # Seed the drift estimate with the plain running mean of the baseline.
-            self._level += (x - self._level) / (self.t + 1)
-            resid = x - self._level
+            np.subtract(x, self._level, out=tmp)
+            tmp *= np.float32(1.0 / (self.t + 1))
+            self._level += tmp
+            np.subtract(x, self._level, out=resid)
         else:
-            resid = x - self._level
-            self._level += self.alpha * (x - self._level)
+            np.subtract(x, self._level, out=resid)
+            np.multiply(resid, self.alpha, out=tmp)
+            self._level += tmp
         self.t += 1
         if not self.cfg.zscore:
-            return resid.astype(np.float32)
-        delta = resid - self._mean
-        self._mean += delta / self.t
-        self._m2 += delta * (resid - self._mean)
+            return resid.copy()
+        np.subtract(resid, self._mean, out=delta)
+        np.multiply(delta, np.float32(1.0 / self.t), out=tmp)
+        self._mean += tmp
+        np.subtract(resid, self._mean, out=tmp)   # resid - new mean
+        tmp *= delta
+        self._m2 += tmp
         if self.t < 2:
             return np.zeros(self.n_voxels, np.float32)
-        std = np.sqrt(self._m2 / (self.t - 1))
-        z = np.divide(resid - self._mean, std, out=np.zeros_like(std), where=std > 1e-8)
+        # z = (resid - mean) / sqrt(m2 / (t - 1)), 0 where the voxel has not varied yet.
+        np.multiply(self._m2, np.float32(1.0 / (self.t - 1)), out=tmp)
+        np.sqrt(tmp, out=tmp)
+        z = np.subtract(resid, self._mean)
+        np.divide(z, tmp, out=z, where=tmp > 1e-6)
+        z[tmp <= 1e-6] = 0.0
         np.clip(z, -self.cfg.clip_z, self.cfg.clip_z, out=z)
-        return z.astype(np.float32)
+        return z
 
 
 def preprocess_run(volumes: np.ndarray | Iterable[np.ndarray], tr: float,
