@@ -35,15 +35,16 @@ import numpy as np
 from .config import Config
 from .engine import DecoderModel, caption_text
 from .journal import Journal
-from .messages import Volume
+from .messages import Clip, Semantics, Volume
 from .preprocess import OnlinePreprocessor, reduce_window
 from .sources import Source
 
 log = logging.getLogger("rtdecode.daemon")
 
 COUNTERS = ("received", "decoded", "malformed", "dropped", "late", "duplicates", "missing",
-            "captions", "finals", "outputs_dropped")
-STAGES = ("queue_wait", "preprocess", "decode", "publish", "end_to_end")
+            "captions", "finals", "outputs_dropped", "renders", "renders_dropped",
+            "render_errors")
+STAGES = ("queue_wait", "preprocess", "decode", "publish", "end_to_end", "render")
 _STOP = object()
 
 
@@ -76,15 +77,52 @@ class LatencyLog:
         return out
 
 
+class LatestWins:
+    """A one-slot hand-off: ``put`` replaces what is waiting (counting it as dropped), ``get``
+    blocks for the newest item. A renderer that falls behind skips clips, never volumes."""
+
+    def __init__(self):
+        self._item = None
+        self._has = False
+        self._cond = threading.Condition()
+        self.replaced = 0
+
+    def put(self, item) -> None:
+        with self._cond:
+            if self._has:
+                self.replaced += 1
+            self._item, self._has = item, True
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None):
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._has, timeout):
+                raise queue.Empty
+            item, self._item, self._has = self._item, None, False
+            return item
+
+    def pending(self) -> int:
+        return int(self._has)
+
+
 class Daemon:
-    """Decode a stream of volumes into published captions; see the module docstring."""
+    """Decode a stream of volumes into published captions; see the module docstring.
+
+    ``renderer``, when given, is called on its own thread as ``renderer(semantics)`` with the
+    newest final :class:`~rtdecode.messages.Semantics` and returns a
+    :class:`~rtdecode.messages.Clip`, published on the ``video`` topic; the hand-off is
+    latest-wins, so a slow renderer drops renders (``renders_dropped``), never volumes.
+    """
 
     def __init__(self, cfg: Config, model: DecoderModel, source: Source, publisher=None, *,
                  journal: Journal | None = None, caption_outlet=None,
-                 mask: np.ndarray | None = None, session: str = "", strict: bool = False):
+                 mask: np.ndarray | None = None, session: str = "", strict: bool = False,
+                 renderer=None):
         self.cfg, self.model, self.source = cfg, model, source
         self.publisher, self.journal, self.caption_outlet = publisher, journal, caption_outlet
         self.mask, self.default_session, self.strict = mask, session, strict
+        self.renderer = renderer
+        self._render_slot = LatestWins()
         self.n_voxels = int(model.meta["trained_on"]["n_voxels"])
         self.lag, self.width = cfg.window.lag_trs, cfg.window.width_trs
         self.stride = cfg.stream.clip_stride_trs
@@ -105,8 +143,11 @@ class Daemon:
     def start(self) -> Daemon:
         if self.cfg.stream.switch_interval_ms > 0:  # process-wide: the daemon is the process
             sys.setswitchinterval(self.cfg.stream.switch_interval_ms / 1000.0)
-        for name, fn in (("ingest", self._ingest), ("decode", self._decode_loop),
-                         ("publish", self._publish_loop), ("status", self._status_loop)):
+        stages = [("ingest", self._ingest), ("decode", self._decode_loop),
+                  ("publish", self._publish_loop), ("status", self._status_loop)]
+        if self.renderer is not None:
+            stages.append(("render", self._render_loop))
+        for name, fn in stages:
             t = threading.Thread(target=self._guard(fn), name=f"rtdecode-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -312,6 +353,10 @@ class Daemon:
                 "decode_ms": round(ms, 3), "latency_ms": round((t1 - t_recv) * 1e3, 3)},
                 t_recv=t_recv)
         for (clip_tr, final, n), p in zip(meta, pred):
+            if final and self.renderer is not None:
+                # Single-target engines (ridge) carry the same vector at all three levels.
+                self._render_slot.put((Semantics(clip_tr, p, p, p, n_volumes=n, final=True,
+                                                 session=session), t_recv))
             self._queue_out("semantics", {
                 "session": session, "tr_index": int(clip_tr), "final": bool(final),
                 "n_volumes": n, "dtype": "float32", "shape": [int(p.shape[0])]},
@@ -344,6 +389,31 @@ class Daemon:
             if t_recv is not None:
                 self.latency.add("end_to_end", (t1 - t_recv) * 1e3)
 
+    def _render_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sem, t_recv = self._render_slot.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            t0 = time.perf_counter()
+            try:
+                clip = self.renderer(sem)
+                if not isinstance(clip, Clip):
+                    raise TypeError(f"renderer returned {type(clip).__name__}, not a Clip")
+            except Exception as exc:  # a failed render loses that clip, nothing else
+                self._count("render_errors")
+                log.warning("render of TR %d failed: %s", sem.tr_index, exc)
+                if self.strict:
+                    raise
+                continue
+            self.latency.add("render", (time.perf_counter() - t0) * 1e3)
+            self._count("renders")
+            f = clip.frames
+            self._queue_out("video", {
+                "session": sem.session, "tr_index": int(sem.tr_index), "clip_id": clip.clip_id,
+                "chain_id": clip.chain_id, "fps": float(clip.fps), "shape": list(f.shape),
+                "dtype": "uint8"}, np.ascontiguousarray(f).tobytes(), t_recv=None)
+
     def _wanted(self, topic: str) -> bool:
         """Skip encoding a topic nobody subscribes to (PUB would drop it anyway)."""
         count = getattr(self.publisher, "n_subscribers", None)
@@ -355,12 +425,14 @@ class Daemon:
         with self._lock:
             counters = dict(self.counters)
         # Messages the transport rejected (garbage, NaN data, bad headers) count as malformed.
+        counters["renders_dropped"] = self._render_slot.replaced
         transport = dict(getattr(self.source, "counters", {}) or {})
         counters["malformed"] += int(transport.get("malformed", 0))
         return {"session": self.default_session,
                 "uptime_s": round(time.time() - self.t_start, 3),
                 "counters": counters, "transport": transport,
-                "queues": {"ingest": self._in.qsize(), "publish": self._out.qsize()},
+                "queues": {"ingest": self._in.qsize(), "publish": self._out.qsize(),
+                           "render": self._render_slot.pending()},
                 "latency": self.latency.percentiles()}
 
     def _status_loop(self) -> None:

@@ -196,3 +196,43 @@ def test_kill_9_leaves_a_journal_with_every_tr_before_the_one_in_flight(model_an
     assert len(trs) > 10
     assert trs == list(range(len(trs)))  # contiguous: nothing before the in-flight TR lost
     assert records[-1]["kind"] != "close"  # it really died mid-session
+
+
+def test_slow_renderer_drops_renders_never_volumes(model_and_run):
+    """A deliberately slow renderer behind the latest-wins hand-off."""
+    from rtdecode.messages import Clip
+
+    model, run, _ = model_and_run
+    rendered = []
+
+    def slow_renderer(sem):
+        time.sleep(0.2)  # 4 TRs' worth
+        rendered.append(sem.tr_index)
+        return Clip(clip_id=sem.tr_index, chain_id=0, tr_index=sem.tr_index,
+                    frames=np.zeros((4, 8, 8, 3), np.uint8), fps=4.0)
+
+    pub = ListPublisher()
+    src = RunSource(run, speed=40.0)  # a TR every 50 ms: the renderer cannot keep up
+    status = Daemon(Config(), model, src, pub, session="s", renderer=slow_renderer
+                    ).run(timeout=60)
+    c = status["counters"]
+    assert c["decoded"] == run.n_trs and c["dropped"] == 0
+    assert c["renders"] >= 3 and c["renders_dropped"] > 0
+    assert c["renders"] + c["renders_dropped"] <= c["finals"]
+    videos = [h for h, _ in pub.topic("video")]
+    assert [h["tr_index"] for h in videos] == rendered[: len(videos)]
+    assert videos[0]["shape"] == [4, 8, 8, 3] and videos[0]["dtype"] == "uint8"
+    finals = [h["tr_index"] for h, _ in pub.topic("caption") if h["final"]]
+    assert finals == list(range(run.n_trs - 3))  # captions unaffected by the renderer
+
+
+def test_failing_renderer_is_counted(model_and_run):
+    model, run, _ = model_and_run
+
+    def broken(sem):
+        raise RuntimeError("GPU fell off")
+
+    status = Daemon(Config(), model, RunSource(run, speed=40.0), ListPublisher(),
+                    renderer=broken).run(timeout=60)
+    assert status["counters"]["render_errors"] > 0
+    assert status["counters"]["decoded"] == run.n_trs
