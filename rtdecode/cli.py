@@ -253,6 +253,9 @@ def serve(
     lsl_captions: Annotated[bool | None, typer.Option(help="Also publish captions as an LSL "
                                                            "marker stream (default: "
                                                            "stream.lsl_captions).")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Brain mask NIfTI: lets the daemon take "
+                                                   "3-D volumes (x, y, z) and mask them.")
+                    ] = None,
     wait_subscribers: Annotated[int, typer.Option(help="Before decoding, wait (up to 30 s) "
                                                        "until this many subscribers are "
                                                        "connected, so they miss nothing.")
@@ -273,6 +276,19 @@ def serve(
         ep = parse_endpoint(source or cfg.stream.source)
         pub_uri = check_publish(publish or cfg.stream.publish)
         dec = _load_or_train_model(cfg, model, subject)
+        mask_arr = None
+        if mask is not None:
+            import numpy as np
+
+            from .data import load_nifti
+            from .engine import ModelMismatch, mask_hash
+
+            mask_arr = np.asanyarray(load_nifti(mask, 3).dataobj) > 0
+            want = dec.meta.get("trained_on", {}).get("mask_hash")
+            got = mask_hash(mask_arr, int(mask_arr.sum()))
+            if want is not None and want != got:
+                raise ModelMismatch(f"{mask}: mask hash {got} differs from the model's {want} "
+                                    "(the model was trained on another voxel space)")
         src = open_source(ep, recv_timeout_s=idle_exit, stop_on_eos=once,
                           max_bytes=int(cfg.stream.max_message_mb * 2**20))
     except (ConfigError, DataError, ValueError, FileNotFoundError, TimeoutError) as exc:
@@ -285,7 +301,7 @@ def serve(
 
         outlet = LslCaptionOutlet(session=session)
     daemon = Daemon(cfg, dec, src, publisher, journal=Journal(jpath), caption_outlet=outlet,
-                    session=session)
+                    session=session, mask=mask_arr)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
     if wait_subscribers and not publisher.wait_for_subscribers(wait_subscribers, 30.0):
@@ -483,6 +499,71 @@ def bench_latency_cmd(
                        f"{r['max_speed_tr_per_s']:8.1f}")
     typer.echo(f"throughput (zmq 15k, max speed): {result['throughput_tr_per_s']} TR/s; "
                f"RSS growth over {result['soak_trs']} TRs: {result['rss_growth_mb']} MB")
+
+
+journal_app = typer.Typer(help="Inspect and replay session journals.", no_args_is_help=True)
+app.add_typer(journal_app, name="journal")
+
+
+@journal_app.command("show")
+def journal_show(path: Annotated[Path, typer.Argument(help="Journal file (.jsonl).")]) -> None:
+    """Summarise a journal: volumes by status, outputs by topic, the final status."""
+    from collections import Counter
+
+    from .journal import read_journal
+
+    if not path.is_file():
+        _fail(f"{path}: journal not found")
+    records, torn = read_journal(path)
+    vols = Counter(r.get("status") for r in records if r.get("kind") == "volume")
+    outs = Counter(r.get("topic") for r in records if r.get("kind") == "output")
+    sessions = sorted({str(r.get("session")) for r in records if r.get("kind") == "volume"})
+    closed = any(r.get("kind") == "close" for r in records)
+    typer.echo(f"{path}: {len(records)} records{f', {torn} torn line(s)' if torn else ''}; "
+               f"{'closed cleanly' if closed else 'NOT closed (the daemon stopped abruptly)'}")
+    typer.echo(f"sessions: {', '.join(sessions) or '-'}")
+    typer.echo("volumes: " + (", ".join(f"{k} {v}" for k, v in vols.items()) or "none"))
+    typer.echo("outputs: " + (", ".join(f"{k} {v}" for k, v in outs.items()) or "none"))
+
+
+@journal_app.command("replay")
+def journal_replay(
+    path: Annotated[Path, typer.Argument(help="Journal file (.jsonl).")],
+    publish: Annotated[str, typer.Option(help="Where to bind the PUB socket.")
+                       ] = "tcp://127.0.0.1:5556",
+    speed: Annotated[float, typer.Option(help="Multiple of the original timing.")] = 1.0,
+    max_speed: Annotated[bool, typer.Option("--max-speed", help="No pacing.")] = False,
+    wait_subscribers: Annotated[int, typer.Option(help="Wait (up to 30 s) for this many "
+                                                       "subscribers first.")] = 1,
+) -> None:
+    """Re-publish a journal's outputs (captions, status, ...) with their original timing, so
+    a recorded session can be watched again by the same subscribers."""
+    from .journal import iter_outputs, read_journal
+    from .sources import Pacer
+    from .transport.zmq import ZmqPublisher
+
+    if not path.is_file():
+        _fail(f"{path}: journal not found")
+    records, _ = read_journal(path)
+    outs = list(iter_outputs(records))
+    if not outs:
+        _fail(f"{path}: no outputs to replay")
+    pub = ZmqPublisher(publish)
+    if wait_subscribers and not pub.wait_for_subscribers(wait_subscribers, 30.0):
+        typer.echo("warning: no subscriber after 30 s; publishing anyway", err=True)
+    t0 = outs[0]["header"].get("t_emit", 0.0)
+    pacer = Pacer(1.0, None if max_speed else speed)
+    n = 0
+    for rec in outs:
+        h = rec["header"]
+        pacer.wait(h.get("t_emit", t0) - t0)  # index in seconds: period 1 s
+        try:
+            pub.publish(rec["topic"], h)
+            n += 1
+        except ValueError as exc:  # e.g. a video header whose frames were not journaled
+            typer.echo(f"skipped a {rec['topic']} record: {exc}", err=True)
+    pub.close()
+    typer.echo(f"re-published {n} outputs from {path}")
 
 
 @app.command("config")

@@ -46,3 +46,37 @@ def test_simulate_refuses_foreign_nonempty_directory(tmp_path):
     r = runner.invoke(app, ["simulate", str(tmp_path), "-q"])
     assert r.exit_code == 2 and "not empty" in r.output
     assert (tmp_path / "notes.txt").read_text() == "lab notes"
+
+
+def test_journal_show_and_replay(tmp_path):
+    import socket
+    import threading
+
+    from rtdecode.journal import Journal
+    from rtdecode.transport.zmq import ZmqSubscriber
+
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as j:
+        j.volume("s", 0, 0.0, 1.0, "ok")
+        j.volume("s", 1, 2.0, 3.0, "malformed", "bad")
+        for k in range(3):
+            j.output("caption", {"v": 1, "session": "s", "tr_index": k, "t_emit": 10.0 + k,
+                                 "final": True, "text": {"anchor": "a", "motion": "m",
+                                                         "holistic": "h"},
+                                 "score": 0.5, "latency_ms": 1.0})
+    r = runner.invoke(app, ["journal", "show", str(path)])
+    assert r.exit_code == 0 and "ok 1, malformed 1" in r.output and "caption 3" in r.output
+    assert "closed cleanly" in r.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    got = []
+    sub = ZmqSubscriber(f"tcp://127.0.0.1:{port}", topics=("caption",), recv_timeout_s=5.0)
+    t = threading.Thread(target=lambda: got.extend(h["tr_index"] for _, h, _ in sub))
+    t.start()
+    r = runner.invoke(app, ["journal", "replay", str(path), "--publish",
+                            f"tcp://127.0.0.1:{port}", "--speed", "20"])
+    sub.close()
+    t.join(10)
+    assert r.exit_code == 0, r.output
+    assert got == [0, 1, 2]

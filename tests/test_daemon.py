@@ -236,3 +236,21 @@ def test_failing_renderer_is_counted(model_and_run):
                     renderer=broken).run(timeout=60)
     assert status["counters"]["render_errors"] > 0
     assert status["counters"]["decoded"] == run.n_trs
+
+
+def test_3d_volumes_are_masked(model_and_run):
+    model, run, sess = model_and_run
+    data = run.data()[:12]
+    vols = []
+    for k, x in enumerate(data):
+        grid = np.zeros(sess.mask.shape, np.float32)
+        grid[sess.mask] = x
+        vols.append(Volume(k, k * 2.0, grid, session="g"))
+    pub3, pubv = ListPublisher(), ListPublisher()
+    s3 = Daemon(Config(), model, ListSource(vols), pub3, mask=sess.mask).run(timeout=60)
+    Daemon(Config(), model, ListSource(_vols(run, 12, "g")), pubv).run(timeout=60)
+    assert s3["counters"]["malformed"] == 0
+    assert [h["text"] for h, _ in pub3.topic("caption")] == \
+        [h["text"] for h, _ in pubv.topic("caption")]
+    no_mask = Daemon(Config(), model, ListSource(vols[:3]), ListPublisher()).run(timeout=60)
+    assert no_mask["counters"]["malformed"] == 3
