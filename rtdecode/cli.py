@@ -160,6 +160,39 @@ def demo(
     typer.echo(format_ridge_table(reports))
     typer.echo("\ncontrol, the same decoder fitted on shuffled training labels:")
     typer.echo(format_ridge_table(controls))
+    _demo_live(cfg, root, list(cfg.data.subjects) or list_subjects(root))
+
+
+def _demo_live(cfg, root: Path, subjects: list[str]) -> None:
+    """Part 2 of the demo: a test run through the streaming daemon over real sockets."""
+    from .data import load_session
+    from .demo import live_replay
+    from .ridge import chance_levels, train_model
+
+    session = load_session(root, subjects[0])
+    run = session.runs_of("test")[0]
+    model = train_model(session, cfg)
+    typer.echo(f"\nlive: replaying {session.subject} test run {run.run} ({run.n_trs} TRs) -> "
+               "daemon -> subscriber over ZeroMQ on loopback, as fast as possible ...")
+    res = live_replay(session, run, model, cfg, speed=None)
+    typer.echo(f"{'TR':>4}  {'shown (ground truth)':52}  decoded (final caption, score)")
+    shown = [k for k in sorted(res.finals) if k in res.truth][:8]
+    for k in shown:
+        h = res.finals[k]
+        typer.echo(f"{k:4d}  {res.truth[k]['basic'][:52]:52}  {h['basic'][:52]} "
+                   f"({h['score']:+.2f})")
+    c = res.status["counters"]
+    lat = res.status["latency"].get("end_to_end", {})
+    p50, p99 = lat.get("p50_ms", float("nan")), lat.get("p99_ms", float("nan"))
+    acc = res.attribute_accuracy(session)
+    typer.echo(f"final captions {len(res.finals)} (expected "
+               f"{run.n_trs - cfg.window.lag_trs - cfg.window.width_trs + 1}); "
+               f"attribute agreement with what was shown {acc:.3f} "
+               f"(chance {chance_levels()['attribute_mean']:.3f})" if acc is not None else "")
+    typer.echo(f"daemon: {c['received']} volumes, {c['decoded']} decoded, {c['malformed']} "
+               f"malformed, {c['dropped']} dropped; volume-in -> caption-out p50 "
+               f"{p50:.2f} ms, p99 {p99:.2f} ms (max-speed replay: includes queueing); "
+               f"wall {res.wall_s:.1f} s")
 
 
 def _session_matches(root: Path, sim) -> bool:

@@ -348,7 +348,8 @@ class Daemon:
             self._queue_out("caption", {
                 "session": session, "tr_index": int(clip_tr), "final": bool(final),
                 "t_clip": round(clip_tr * tr, 3), "text": caption_text(cap),
-                "basic": cap.get("basic", ""), "score": round(score, 4), "n_volumes": n,
+                "basic": cap.get("basic", ""), "match_clip_id": cap.get("clip_id"),
+                "score": round(score, 4), "n_volumes": n,
                 "bridged": bool(final and n < self.width), "trigger_tr": int(trigger),
                 "decode_ms": round(ms, 3), "latency_ms": round((t1 - t_recv) * 1e3, 3)},
                 t_recv=t_recv)
