@@ -123,6 +123,9 @@ class StreamConfig:
     journal_dir: str = param("runs/journal", doc="session journals, relative to the cwd")
     max_message_mb: float = param(64.0, gt=0.0, doc="largest accepted input message")
     lsl_captions: bool = param(True, doc="also publish captions as an LSL marker stream")
+    blas_threads: int = param(1, ge=0, le=256,
+                              doc="BLAS threads while the daemon runs (0 = leave as is); one "
+                                  "keeps per-TR latency steady after idle gaps")
     switch_interval_ms: float = param(
         0.5, ge=0.0, le=100.0,
         doc="Python's thread switch interval while the daemon runs (0 = leave as is); the "

@@ -137,12 +137,20 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self.t_start = time.time()
+        self._old_switch: float | None = None
+        self._blas_limit = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Daemon:
-        if self.cfg.stream.switch_interval_ms > 0:  # process-wide: the daemon is the process
+        # Process-wide settings: the daemon is the process's job. Restored at shutdown.
+        if self.cfg.stream.switch_interval_ms > 0:
+            self._old_switch = sys.getswitchinterval()
             sys.setswitchinterval(self.cfg.stream.switch_interval_ms / 1000.0)
+        if self.cfg.stream.blas_threads > 0:
+            from threadpoolctl import threadpool_limits
+
+            self._blas_limit = threadpool_limits(self.cfg.stream.blas_threads, user_api="blas")
         stages = [("ingest", self._ingest), ("decode", self._decode_loop),
                   ("publish", self._publish_loop), ("status", self._status_loop)]
         if self.renderer is not None:
@@ -177,6 +185,12 @@ class Daemon:
         for t in self._threads:
             t.join(5.0)
         status = self.status()
+        if self._old_switch is not None:
+            sys.setswitchinterval(self._old_switch)
+            self._old_switch = None
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
         if self.journal is not None:
             self.journal.write({"kind": "summary", **status})
             self.journal.close()

@@ -69,7 +69,14 @@ def _resolve(name: str, stream_type: str, timeout_s: float) -> pylsl.StreamInfo:
     return max(found, key=lambda s: s.created_at())
 
 
+#: Samples an inlet can hold before LSL drops the oldest. liblsl sizes the buffer in
+#: *seconds* of the nominal rate (360 s = 180 TRs at TR 2 s), which a max-speed replay
+#: overruns; we size it in samples instead.
+BUFFER_SAMPLES = 8192
+
+
 def _open_inlet(info: pylsl.StreamInfo, timeout_s: float, clock_sync: bool,
+                buffer_samples: int = BUFFER_SAMPLES,
                 ) -> tuple[pylsl.StreamInlet, pylsl.StreamInfo]:
     """Connect an inlet, fetch the full info (with ``desc``) and open the data feed.
 
@@ -77,7 +84,11 @@ def _open_inlet(info: pylsl.StreamInfo, timeout_s: float, clock_sync: bool,
     delivered, none are lost to a late join.
     """
     flags = pylsl.proc_clocksync if clock_sync else pylsl.proc_none
-    inlet = pylsl.StreamInlet(info, max_chunklen=1, processing_flags=flags)
+    rate = info.nominal_srate()
+    # max_buflen: seconds at a nominal rate, hundreds of samples without one.
+    buflen = int(np.ceil(buffer_samples / rate)) if rate > 0 else int(np.ceil(buffer_samples / 100))
+    inlet = pylsl.StreamInlet(info, max_buflen=max(buflen, 1), max_chunklen=1,
+                              processing_flags=flags)
     full = inlet.info(timeout_s)  # resolve results carry no desc; the inlet's info does
     inlet.open_stream(timeout_s)
     if clock_sync:
@@ -154,7 +165,10 @@ class LslVolumeSink:
             desc.append_child_value("affine", " ".join(repr(float(v)) for v in affine.ravel()))
         desc.append_child_value("tr", repr(self.tr))
         desc.append_child_value("session", session)
-        self._outlet: pylsl.StreamOutlet | None = pylsl.StreamOutlet(info)
+        # max_buffered is in seconds of the nominal rate: size it in samples (see
+        # BUFFER_SAMPLES) so a max-speed replay is not cut short at the sender.
+        self._outlet: pylsl.StreamOutlet | None = pylsl.StreamOutlet(
+            info, chunk_size=1, max_buffered=int(np.ceil(BUFFER_SAMPLES * self.tr)))
         self._buf = np.zeros((1, self.n_voxels + 1), dtype=np.float32)  # reused per send
         self._offset: float | None = None
         self._last_t_acq = -math.inf
