@@ -1,0 +1,1 @@
+"""Decoder models (SemVideo SAD; MAD to come) and their training."""

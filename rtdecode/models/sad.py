@@ -1,0 +1,255 @@
+"""SAD, the Semantic Alignment Decoder (SemVideo), in one file with its config.
+
+fMRI window ``(batch, n_voxels_s)`` of subject *s* →
+
+1. a subject-specific linear projection to ``hidden`` (voxel counts differ per subject);
+2. a shared residual MLP (``mlp_layers`` blocks) — the *backbone*;
+3. a linear head giving a first estimate of the three target token sequences (anchor,
+   motion, holistic; each ``(n_tokens, token_dim)`` in the text-embedding space);
+4. the **Refineformer**: a causal transformer denoiser trained with a diffusion objective
+   (predict the clean tokens from noised ones, conditioned on the backbone), sampled in a
+   configurable small number of DDIM-style steps starting from the backbone estimate plus
+   noise.
+
+Loss: ``lambda_refine * L_refine + lambda_softclip * L_SoftCLIP + L_MSE`` — the denoiser's
+reconstruction error, a soft-label contrastive loss between the pooled decoded and target
+tokens (soft labels from target–target similarity, so near-identical captions are not
+pushed apart), and the backbone estimate's mean squared error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEVELS = ("anchor", "motion", "holistic")
+
+
+@dataclass(frozen=True)
+class SADConfig:
+    subjects: dict[str, int] = field(default_factory=dict)  # label -> voxel count
+    hidden: int = 512
+    mlp_layers: int = 4
+    dropout: float = 0.15
+    n_tokens: int = 16          # target tokens per level (77 for real CLIP)
+    token_dim: int = 64         # target width (768 for CLIP ViT-L/14)
+    levels: tuple[str, ...] = LEVELS
+    refine_width: int = 128
+    refine_layers: int = 2
+    refine_heads: int = 4
+    diffusion_steps: int = 100  # training timesteps of the Refineformer's noise schedule
+    sample_steps: int = 4       # few-step sampling at inference
+    lambda_refine: float = 1.0
+    lambda_softclip: float = 0.1
+    softclip_temperature: float = 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "toy": dict(hidden=512, mlp_layers=4, n_tokens=16, token_dim=64, refine_width=128,
+                refine_layers=2, refine_heads=4),
+    # The paper's sizes: 3 x 77 x 768 targets, a wide backbone. Runs on CPU, slowly.
+    "paper": dict(hidden=4096, mlp_layers=4, n_tokens=77, token_dim=768, refine_width=768,
+                  refine_layers=4, refine_heads=8),
+}
+
+
+def sad_preset(name: str, subjects: dict[str, int], **overrides) -> SADConfig:
+    if name not in PRESETS:
+        raise ValueError(f"SAD preset {name!r}: must be one of {list(PRESETS)}")
+    return SADConfig(subjects=dict(subjects), **{**PRESETS[name], **overrides})
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(F.gelu(self.fc(self.norm(x))))
+
+
+def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class Refineformer(nn.Module):
+    """Causal transformer denoiser over one level's token sequence."""
+
+    def __init__(self, cfg: SADConfig):
+        super().__init__()
+        w = cfg.refine_width
+        self.inp = nn.Linear(cfg.token_dim, w)
+        self.cond = nn.Linear(cfg.hidden, w)
+        self.time = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, w))
+        self.level = nn.Embedding(len(cfg.levels), w)
+        self.pos = nn.Parameter(torch.zeros(cfg.n_tokens, w))
+        layer = nn.TransformerEncoderLayer(w, cfg.refine_heads, 4 * w, dropout=0.0,
+                                           batch_first=True, norm_first=True,
+                                           activation="gelu")
+        self.blocks = nn.TransformerEncoder(layer, cfg.refine_layers,
+                                            enable_nested_tensor=False)
+        self.out = nn.Linear(w, cfg.token_dim)
+        mask = torch.triu(torch.full((cfg.n_tokens, cfg.n_tokens), float("-inf")), 1)
+        self.register_buffer("causal", mask, persistent=False)
+        self.width = w
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                level: torch.Tensor) -> torch.Tensor:
+        """Predict clean tokens from noised ``x_t`` (B, T, D) at timestep ``t`` (B,)."""
+        h = self.inp(x_t) + self.pos[None]
+        g = self.cond(cond) + self.time(_timestep_embedding(t, self.width)) + self.level(level)
+        h = h + g[:, None, :]
+        return self.out(self.blocks(h, mask=self.causal, is_causal=True))
+
+
+class SAD(nn.Module):
+    def __init__(self, cfg: SADConfig):
+        super().__init__()
+        if not cfg.subjects:
+            raise ValueError("SADConfig.subjects is empty: give every subject's voxel count")
+        self.cfg = cfg
+        self.proj = nn.ModuleDict({s: nn.Linear(n, cfg.hidden) for s, n in cfg.subjects.items()})
+        self.backbone = nn.Sequential(
+            *[ResidualBlock(cfg.hidden, cfg.dropout) for _ in range(cfg.mlp_layers)],
+            nn.LayerNorm(cfg.hidden))
+        n_out = len(cfg.levels) * cfg.n_tokens * cfg.token_dim
+        self.head = nn.Linear(cfg.hidden, n_out)
+        self.refiner = Refineformer(cfg)
+        betas = torch.linspace(1e-4, 0.02, cfg.diffusion_steps, device="cpu")
+        alpha_bar = torch.cumprod(1 - betas, 0)
+        self._ab = alpha_bar.tolist()  # python floats for sampling (any device, even meta)
+        self.register_buffer("alpha_bar", torch.tensor(self._ab), persistent=False)
+
+    # ------------------------------------------------------------------ pieces
+
+    def add_subject(self, label: str, n_voxels: int) -> None:
+        """A new subject's projection (for adaptation: train only this)."""
+        self.proj[label] = nn.Linear(n_voxels, self.cfg.hidden)
+
+    def encode(self, x: torch.Tensor, subject: str) -> torch.Tensor:
+        if subject not in self.proj:
+            raise KeyError(f"subject {subject!r} has no projection (have {list(self.proj)})")
+        if x.shape[-1] != self.proj[subject].in_features:
+            raise ValueError(f"subject {subject!r}: {x.shape[-1]} voxels, the projection "
+                             f"expects {self.proj[subject].in_features}")
+        return self.backbone(self.proj[subject](x))
+
+    def estimate(self, h: torch.Tensor) -> torch.Tensor:
+        """Backbone estimate of the targets: (B, levels, tokens, dim)."""
+        c = self.cfg
+        return self.head(h).view(-1, len(c.levels), c.n_tokens, c.token_dim)
+
+    # ------------------------------------------------------------------ training
+
+    def losses(self, x: torch.Tensor, subject: str, target: torch.Tensor) -> dict:
+        """``target``: (B, levels, tokens, dim). Returns the loss terms and their total."""
+        c = self.cfg
+        h = self.encode(x, subject)
+        est = self.estimate(h)
+        l_mse = F.mse_loss(est, target)
+        B, L = target.shape[:2]
+        # Refineformer: denoise the target at a random timestep, per level.
+        flat = target.reshape(B * L, c.n_tokens, c.token_dim)
+        t = torch.randint(0, c.diffusion_steps, (B * L,), device=x.device)
+        ab = self.alpha_bar[t][:, None, None]
+        noisy = ab.sqrt() * flat + (1 - ab).sqrt() * torch.randn_like(flat)
+        level = torch.arange(L, device=x.device).repeat(B)
+        cond = h.repeat_interleave(L, dim=0)
+        x0 = self.refiner(noisy, t, cond, level)
+        l_refine = F.mse_loss(x0, flat)
+        # SoftCLIP on pooled tokens of the backbone estimate (per level).
+        l_soft = soft_clip_loss(est.mean(dim=2).reshape(B, -1),
+                                target.mean(dim=2).reshape(B, -1), c.softclip_temperature)
+        total = c.lambda_refine * l_refine + c.lambda_softclip * l_soft + l_mse
+        return {"loss": total, "mse": l_mse.detach(), "refine": l_refine.detach(),
+                "softclip": l_soft.detach()}
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, subject: str, steps: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode: (B, voxels) -> (B, levels, tokens, dim). ``steps`` = 0 returns the
+        backbone estimate; otherwise DDIM-style refinement from a partly noised estimate."""
+        c = self.cfg
+        steps = c.sample_steps if steps is None else steps
+        h = self.encode(x, subject)
+        est = self.estimate(h)
+        if steps <= 0:
+            return est
+        B, L = est.shape[:2]
+        cond = h.repeat_interleave(L, dim=0)
+        level = torch.arange(L, device=x.device).repeat(B)
+        x0 = est.reshape(B * L, c.n_tokens, c.token_dim)
+        # Start at half the schedule from the backbone estimate (SDEdit-style), step down.
+        ts = [round(c.diffusion_steps // 2 * (1 - i / steps)) for i in range(steps + 1)]
+        noise = torch.randn(x0.shape, generator=generator, device=x.device)
+        ab = self._ab[ts[0]]
+        xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x0 = self.refiner(xt, torch.full((B * L,), t, device=x.device), cond, level)
+            ab, ab_next = self._ab[t], self._ab[t_next]
+            eps = (xt - math.sqrt(ab) * x0) / max(math.sqrt(1 - ab), 1e-6)
+            xt = math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next) * eps
+        return x0.view(B, L, c.n_tokens, c.token_dim)
+
+
+def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Contrastive loss with soft labels from target–target similarity (both directions)."""
+    p = F.normalize(pred, dim=-1)
+    t = F.normalize(target, dim=-1)
+    logits = p @ t.T / temperature
+    soft = F.softmax(t @ t.T / temperature, dim=-1)
+    return 0.5 * (-(soft * F.log_softmax(logits, -1)).sum(-1).mean()
+                  - (soft * F.log_softmax(logits.T, -1)).sum(-1).mean())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def adapt_subject(model: SAD, label: str, X, Y, *, epochs: int = 30, lr: float = 1e-3,
+                  batch_size: int = 64, seed: int = 0) -> list[float]:
+    """New-subject adaptation: add ``label``'s projection and train only it (everything
+    shared stays frozen) on ``X`` (n, voxels) → ``Y`` (n, levels, tokens, dim)."""
+    import numpy as np
+
+    torch.manual_seed(seed)
+    model.add_subject(label, int(X.shape[1]))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    proj = model.proj[label]
+    for p in proj.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(proj.parameters(), lr=lr, weight_decay=0.0)
+    Xt, Yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(Y, dtype=torch.float32)
+    rng = np.random.default_rng(seed)
+    model.eval()  # no dropout in the frozen backbone
+    losses = []
+    for _ in range(epochs):
+        order = torch.from_numpy(rng.permutation(len(Xt)))
+        total = 0.0
+        for i in range(0, len(order), batch_size):
+            idx = order[i: i + batch_size]
+            est = model.estimate(model.encode(Xt[idx], label))
+            loss = F.mse_loss(est, Yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / len(Xt))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return losses
