@@ -599,6 +599,122 @@ def journal_replay(
     typer.echo(f"re-published {n} outputs from {path}")
 
 
+@train_app.command("clip")
+def train_clip_cmd(
+    data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/clip"),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 2000,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
+                                                           "this long.")] = None,
+    fp16: Annotated[bool, typer.Option(help="Store the final weights as float16.")] = True,
+) -> None:
+    """Train the toy CLIP (open_clip, custom small config) on the session's training clips;
+    resumable."""
+    import dataclasses
+
+    from .zoo.clip import ToyClipConfig, train_clip
+
+    cfg = dataclasses.replace(ToyClipConfig(), steps=steps)
+    try:
+        train_clip(data, out, cfg, max_minutes=max_minutes, save_fp16=fp16)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"saved {out}")
+
+
+@train_app.command("sad")
+def train_sad_cmd(
+    data: Annotated[Path | None, typer.Option(help="Session directory (default: the "
+                                                   "config's data.root).")] = None,
+    clip: Annotated[Path, typer.Option(help="Trained toy CLIP (the target space).")
+                    ] = Path("runs/zoo/clip"),
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/sad"),
+    preset: Annotated[str, typer.Option(help="Size preset: toy or paper.")] = "toy",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 60,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    subjects: Annotated[str | None, typer.Option(help="Comma-separated subjects (default: "
+                                                      "all).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train SAD on every subject of a session (one model, per-subject projections);
+    the checkpoint is chosen on a validation split of the training runs; resumable."""
+    from .data import list_subjects, load_session
+    from .engine import provenance
+    from .models.evaluate import CaptionTargets
+    from .models.sad import sad_preset
+    from .models.train import TrainConfig, subject_windows, train_sad
+    from .zoo.clip import load_toy_clip
+
+    try:
+        cfg = load_config(config)
+        root = data or Path(cfg.data.root)
+        labels = subjects.split(",") if subjects else list_subjects(root)
+        sessions = [load_session(root, s) for s in labels]
+        clip_model = load_toy_clip(clip)
+        sad_cfg = sad_preset(preset, {s.subject: s.n_voxels for s in sessions},
+                             token_dim=clip_model.token_width)
+        targets = CaptionTargets(sessions[0].clips, clip_model, sad_cfg.n_tokens)
+        tcfg = TrainConfig(epochs=epochs, max_minutes=max_minutes)
+        windows = [subject_windows(s, cfg, "train", tcfg.val_fraction) for s in sessions]
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    meta = {"clip": str(clip), "trained_on": {s.subject: provenance(s, cfg) for s in sessions}}
+    summary = train_sad(windows, targets, sad_cfg, tcfg, out, meta)
+    typer.echo(f"saved {out}: best validation mse {summary['best_val_mse']:.4f} after "
+               f"{summary['epochs']} epochs, {summary['minutes']} min")
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[Path | None, typer.Option(help="Session directory (default: the "
+                                                   "config's data.root).")] = None,
+    sad: Annotated[Path | None, typer.Option(help="Trained SAD directory.")
+                   ] = Path("runs/zoo/sad"),
+    clip: Annotated[Path, typer.Option(help="Toy CLIP directory.")] = Path("runs/zoo/clip"),
+    steps: Annotated[int | None, typer.Option(help="Refineformer sampling steps.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Caption identification (2-way, 50-way) on held-out test runs: SAD vs ridge on the same
+    targets, single-trial and repeat-averaged, averaged over subjects."""
+    import numpy as np
+
+    from .data import list_subjects, load_session
+    from .models.evaluate import CaptionTargets, evaluate_subject
+    from .models.train import load_checkpoint
+    from .zoo.clip import load_toy_clip
+
+    try:
+        cfg = load_config(config)
+        root = data or Path(cfg.data.root)
+        model, meta = load_checkpoint(sad) if sad is not None and sad.is_dir() else (None, {})
+        clip_model = load_toy_clip(clip)
+        labels = [s for s in list_subjects(root) if model is None or s in model.cfg.subjects]
+        n_tokens = model.cfg.n_tokens if model is not None else 16
+        per = {}
+        for s in labels:
+            session = load_session(root, s)
+            targets = CaptionTargets(session.clips, clip_model, n_tokens)
+            per[s] = evaluate_subject(session, cfg, targets, model, steps)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    out: dict = {}
+    for cond in ("single_trial", "averaged"):
+        out[cond] = {}
+        for dec in per[labels[0]][cond]:
+            keys = [k for k in per[labels[0]][cond][dec] if k.startswith("caption_")]
+            out[cond][dec] = {k: round(float(np.mean([per[s][cond][dec][k] for s in labels])),
+                                       4) for k in keys}
+    out["subjects"] = per
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    for cond in ("single_trial", "averaged"):
+        for dec, r in out[cond].items():
+            typer.echo(f"{cond:12} {dec:6} caption 2-way {r['caption_2way']:.3f}  "
+                       f"50-way {r['caption_50way']:.3f}")
+
+
 @app.command("config")
 def show_config(path: Annotated[Path | None, typer.Argument(help="Config file (default: "
                                                                  "configs/toy.toml).")] = None

@@ -55,7 +55,9 @@ def subject_windows(session: Session, cfg: Config, task: str = "train",
     """Windows of every ``task`` run; the last runs (whole) are marked as validation."""
     voxels = select_voxels(session, cfg)
     runs = session.runs_of(task)
-    n_val = int(round(len(runs) * val_fraction)) if val_fraction > 0 else 0
+    # At least one whole run for validation when there is more than one run.
+    n_val = max(1, int(round(len(runs) * val_fraction))) if val_fraction > 0 and len(runs) > 1 \
+        else 0
     xs, ids, val = [], [], []
     for i, run in enumerate(runs):
         data = run.data()
@@ -154,7 +156,7 @@ def train_sad(data: list[SubjectData], targets: TargetFn, sad_cfg: SADConfig,
                "minutes": round((time.perf_counter() - t0) / 60, 2)}
         history.append(row)
         bar.set_postfix(train=f"{sums['loss']:.4f}", val=f"{val:.4f}")
-        if val < best:
+        if val < best or (math.isnan(val) and epoch + 1 == tcfg.epochs):  # no val: keep last
             best = val
             save_checkpoint(model, out, {**(meta or {}), "train": asdict(tcfg),
                                          "best_epoch": epoch + 1, "val_mse": val})
