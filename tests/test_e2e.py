@@ -204,3 +204,27 @@ def test_cli_replay_serve_subscribe(small_session, tmp_path):
     assert finals == expected_finals(run)
     assert (tmp_path / "out" / "captions.jsonl").is_file()
     assert "malformed 0" in serr
+
+
+def test_stalled_subscriber_never_blocks_the_publisher():
+    """A subscriber that connects and never reads: PUB drops for it past its high-water
+    mark; publishing stays fast and a healthy subscriber still gets the newest messages."""
+    pub = ZmqPublisher("tcp://127.0.0.1:*", sndhwm=100)
+    stalled = zmq.Context.instance().socket(zmq.SUB)
+    stalled.setsockopt(zmq.RCVHWM, 100)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"caption")
+    stalled.connect(pub.endpoint)
+    assert pub.wait_for_subscribers(1, 5.0)
+    header = {"session": "s", "t_emit": 0.0, "final": True, "score": 0.5, "latency_ms": 0.0,
+              "text": {"anchor": "a" * 200, "motion": "m", "holistic": "h"}}
+    t0 = time.perf_counter()
+    for k in range(5000):
+        pub.publish("caption", {**header, "tr_index": k})
+    assert time.perf_counter() - t0 < 10.0  # never blocked on the stalled reader
+    received = 0
+    while stalled.poll(200):
+        stalled.recv_multipart()
+        received += 1
+    assert received < 5000  # the stalled reader lost messages, the publisher did not wait
+    stalled.close(linger=0)
+    pub.close()
