@@ -33,16 +33,17 @@ class WindowSet:
     X: np.ndarray          # (n, D) float32
     clip_ids: np.ndarray   # (n,)
     repeats: np.ndarray    # (n,) presentation number of the clip's segment
+    runs: np.ndarray | None = None  # (n,) index of the window's run within the split
 
 
 def build_windows(session: Session, task: str, cfg: Config, *, online: bool = True,
                   voxels: np.ndarray | None = None) -> WindowSet:
     """Preprocess every run of ``task`` and cut its clip windows."""
-    xs, ids, reps = [], [], []
+    xs, ids, reps, idx = [], [], [], []
     runs = session.runs_of(task)
     if not runs:
         raise DataError(f"{session.root}: subject {session.subject} has no {task!r} runs")
-    for run in runs:
+    for i, run in enumerate(runs):
         data = run.data()
         if voxels is not None:
             data = data[:, voxels]
@@ -52,8 +53,9 @@ def build_windows(session: Session, task: str, cfg: Config, *, online: bool = Tr
         xs.append(X)
         ids.append(run.clip_ids[complete])
         reps.append(np.full(int(complete.sum()), run.repeat))
+        idx.append(np.full(int(complete.sum()), i))
     return WindowSet(np.concatenate(xs).astype(np.float32), np.concatenate(ids),
-                     np.concatenate(reps))
+                     np.concatenate(reps), np.concatenate(idx))
 
 
 def targets(session: Session, clip_ids: np.ndarray) -> np.ndarray:

@@ -67,9 +67,13 @@ def identification(pred_pooled: np.ndarray, clip_ids: np.ndarray,
 
 
 def average_repeats(d: SubjectData) -> SubjectData:
-    uniq = np.unique(d.clip_ids)
-    X = np.stack([d.X[d.clip_ids == c].mean(axis=0) for c in uniq]).astype(np.float32)
-    return SubjectData(d.label, X, uniq, np.zeros(len(uniq), bool))
+    """The windows of each clip averaged over its repeats (the offline anchors' condition)."""
+    from ..ridge import WindowSet
+    from ..ridge import average_repeats as average
+
+    avg = average(WindowSet(d.X, d.clip_ids, np.ones(len(d.X), np.int64)))
+    return SubjectData(d.label, avg.X.astype(np.float32), avg.clip_ids,
+                       np.zeros(len(avg.X), bool))
 
 
 @torch.no_grad()

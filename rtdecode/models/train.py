@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data import Session
-from ..preprocess import preprocess_run, select_voxels, window_features
+from ..preprocess import select_voxels
+from ..ridge import build_windows
 from .sad import SAD, SADConfig
 
 #: Maps clip ids to target token arrays (n, levels, tokens, dim).
@@ -52,24 +53,12 @@ class SubjectData:
 
 def subject_windows(session: Session, cfg: Config, task: str = "train",
                     val_fraction: float = 0.0) -> SubjectData:
-    """Windows of every ``task`` run; the last runs (whole) are marked as validation."""
-    voxels = select_voxels(session, cfg)
-    runs = session.runs_of(task)
-    # At least one whole run for validation when there is more than one run.
-    n_val = max(1, int(round(len(runs) * val_fraction))) if val_fraction > 0 and len(runs) > 1 \
-        else 0
-    xs, ids, val = [], [], []
-    for i, run in enumerate(runs):
-        data = run.data()
-        if voxels is not None:
-            data = data[:, voxels]
-        X, complete = window_features(preprocess_run(data, run.tr, cfg.preprocess),
-                                      run.stim_trs, cfg.window)
-        xs.append(X)
-        ids.append(run.clip_ids[complete])
-        val.append(np.full(len(X), i >= len(runs) - n_val))
-    return SubjectData(session.subject, np.concatenate(xs).astype(np.float32),
-                       np.concatenate(ids), np.concatenate(val))
+    """Windows of every ``task`` run (:func:`rtdecode.ridge.build_windows`); the last runs
+    (whole runs, at least one when there are several) are marked as validation."""
+    ws = build_windows(session, task, cfg, voxels=select_voxels(session, cfg))
+    n_runs = int(ws.runs.max()) + 1
+    n_val = max(1, int(round(n_runs * val_fraction))) if val_fraction > 0 and n_runs > 1 else 0
+    return SubjectData(session.subject, ws.X, ws.clip_ids, ws.runs >= n_runs - n_val)
 
 
 def save_checkpoint(model: SAD, out: Path, meta: dict, fp16: bool = False) -> None:
