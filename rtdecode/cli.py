@@ -629,7 +629,8 @@ def train_sad_cmd(
     clip: Annotated[Path, typer.Option(help="Trained toy CLIP (the target space).")
                     ] = Path("runs/zoo/clip"),
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/sad"),
-    preset: Annotated[str, typer.Option(help="Size preset: toy or paper.")] = "toy",
+    preset: Annotated[str, typer.Option(help="Size preset: toy or paper; or 'mlp' for the "
+                                             "Mind-Animator-style MLP baseline.")] = "toy",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 60,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
     subjects: Annotated[str | None, typer.Option(help="Comma-separated subjects (default: "
@@ -641,7 +642,7 @@ def train_sad_cmd(
     from .data import list_subjects, load_session
     from .engine import provenance
     from .models.evaluate import CaptionTargets
-    from .models.sad import sad_preset
+    from .models.sad import mlp_baseline, sad_preset
     from .models.train import TrainConfig, subject_windows, train_sad
     from .zoo.clip import load_toy_clip
 
@@ -651,8 +652,9 @@ def train_sad_cmd(
         labels = subjects.split(",") if subjects else list_subjects(root)
         sessions = [load_session(root, s) for s in labels]
         clip_model = load_toy_clip(clip)
-        sad_cfg = sad_preset(preset, {s.subject: s.n_voxels for s in sessions},
-                             token_dim=clip_model.token_width)
+        voxels = {s.subject: s.n_voxels for s in sessions}
+        sad_cfg = mlp_baseline(voxels, token_dim=clip_model.token_width) if preset == "mlp" \
+            else sad_preset(preset, voxels, token_dim=clip_model.token_width)
         targets = CaptionTargets(sessions[0].clips, clip_model, sad_cfg.n_tokens)
         tcfg = TrainConfig(epochs=epochs, max_minutes=max_minutes)
         windows = [subject_windows(s, cfg, "train", tcfg.val_fraction) for s in sessions]
@@ -671,6 +673,8 @@ def eval_cmd(
     sad: Annotated[Path | None, typer.Option(help="Trained SAD directory.")
                    ] = Path("runs/zoo/sad"),
     clip: Annotated[Path, typer.Option(help="Toy CLIP directory.")] = Path("runs/zoo/clip"),
+    mlp: Annotated[Path | None, typer.Option(help="Trained MLP baseline directory.")
+                   ] = Path("runs/zoo/mlp"),
     steps: Annotated[int | None, typer.Option(help="Refineformer sampling steps.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOpt = None,
@@ -688,6 +692,7 @@ def eval_cmd(
         cfg = load_config(config)
         root = data or Path(cfg.data.root)
         model, meta = load_checkpoint(sad) if sad is not None and sad.is_dir() else (None, {})
+        mlp_model = load_checkpoint(mlp)[0] if mlp is not None and mlp.is_dir() else None
         clip_model = load_toy_clip(clip)
         labels = [s for s in list_subjects(root) if model is None or s in model.cfg.subjects]
         n_tokens = model.cfg.n_tokens if model is not None else 16
@@ -696,6 +701,15 @@ def eval_cmd(
             session = load_session(root, s)
             targets = CaptionTargets(session.clips, clip_model, n_tokens)
             per[s] = evaluate_subject(session, cfg, targets, model, steps)
+            if mlp_model is not None and s in mlp_model.cfg.subjects:
+                from .models.evaluate import average_repeats as avg_rep
+                from .models.evaluate import decode_sad, identification, pooled
+                from .models.train import subject_windows
+
+                test = subject_windows(session, cfg, "test")
+                for cond, d in (("single_trial", test), ("averaged", avg_rep(test))):
+                    per[s][cond]["mlp"] = identification(pooled(decode_sad(mlp_model, d)),
+                                                         d.clip_ids, targets)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     out: dict = {}

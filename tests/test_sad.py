@@ -102,3 +102,15 @@ def test_adaptation_changes_only_the_new_projection():
     after = m.state_dict()
     changed = [k for k in after if k not in before or not torch.equal(after[k], before[k])]
     assert changed and all(k.startswith("proj.new.") for k in changed)
+
+
+def test_mlp_baseline_has_no_refiner_and_trains():
+    from rtdecode.models.sad import mlp_baseline
+
+    cfg = mlp_baseline({"s1": 30}, hidden=32, n_tokens=5, token_dim=8)
+    m = SAD(cfg)
+    assert m.refiner is None
+    terms = m.losses(torch.randn(8, 30), "s1", torch.randn(8, 3, 5, 8))
+    assert float(terms["refine"]) == 0.0
+    terms["loss"].backward()
+    assert m(torch.randn(2, 30), "s1", steps=4).shape == (2, 3, 5, 8)

@@ -46,6 +46,8 @@ class SADConfig:
     lambda_refine: float = 1.0
     lambda_softclip: float = 0.1
     softclip_temperature: float = 0.05
+    use_refiner: bool = True    # False: the Mind-Animator-style MLP baseline
+    hard_contrastive: bool = False  # InfoNCE with one-hot labels instead of SoftCLIP
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +60,14 @@ PRESETS = {
     "paper": dict(hidden=4096, mlp_layers=4, n_tokens=77, token_dim=768, refine_width=768,
                   refine_layers=4, refine_heads=8),
 }
+
+
+def mlp_baseline(subjects: dict[str, int], **overrides) -> SADConfig:
+    """Mind-Animator-style baseline: subject projection + MLP → tokens, MSE + InfoNCE, no
+    Refineformer (the same backbone as the toy SAD, so the comparison isolates SAD's parts)."""
+    return SADConfig(subjects=dict(subjects), **{**PRESETS["toy"], "use_refiner": False,
+                                                  "hard_contrastive": True,
+                                                  "lambda_refine": 0.0, **overrides})
 
 
 def sad_preset(name: str, subjects: dict[str, int], **overrides) -> SADConfig:
@@ -126,7 +136,7 @@ class SAD(nn.Module):
             nn.LayerNorm(cfg.hidden))
         n_out = len(cfg.levels) * cfg.n_tokens * cfg.token_dim
         self.head = nn.Linear(cfg.hidden, n_out)
-        self.refiner = Refineformer(cfg)
+        self.refiner = Refineformer(cfg) if cfg.use_refiner else None
         betas = torch.linspace(1e-4, 0.02, cfg.diffusion_steps, device="cpu")
         alpha_bar = torch.cumprod(1 - betas, 0)
         self._ab = alpha_bar.tolist()  # python floats for sampling (any device, even meta)
@@ -160,18 +170,21 @@ class SAD(nn.Module):
         est = self.estimate(h)
         l_mse = F.mse_loss(est, target)
         B, L = target.shape[:2]
-        # Refineformer: denoise the target at a random timestep, per level.
-        flat = target.reshape(B * L, c.n_tokens, c.token_dim)
-        t = torch.randint(0, c.diffusion_steps, (B * L,), device=x.device)
-        ab = self.alpha_bar[t][:, None, None]
-        noisy = ab.sqrt() * flat + (1 - ab).sqrt() * torch.randn_like(flat)
-        level = torch.arange(L, device=x.device).repeat(B)
-        cond = h.repeat_interleave(L, dim=0)
-        x0 = self.refiner(noisy, t, cond, level)
-        l_refine = F.mse_loss(x0, flat)
-        # SoftCLIP on pooled tokens of the backbone estimate (per level).
+        l_refine = torch.zeros((), device=x.device)
+        if self.refiner is not None:
+            # Refineformer: denoise the target at a random timestep, per level.
+            flat = target.reshape(B * L, c.n_tokens, c.token_dim)
+            t = torch.randint(0, c.diffusion_steps, (B * L,), device=x.device)
+            ab = self.alpha_bar[t][:, None, None]
+            noisy = ab.sqrt() * flat + (1 - ab).sqrt() * torch.randn_like(flat)
+            level = torch.arange(L, device=x.device).repeat(B)
+            cond = h.repeat_interleave(L, dim=0)
+            x0 = self.refiner(noisy, t, cond, level)
+            l_refine = F.mse_loss(x0, flat)
+        # SoftCLIP (or hard InfoNCE) on pooled tokens of the backbone estimate.
         l_soft = soft_clip_loss(est.mean(dim=2).reshape(B, -1),
-                                target.mean(dim=2).reshape(B, -1), c.softclip_temperature)
+                                target.mean(dim=2).reshape(B, -1), c.softclip_temperature,
+                                hard=c.hard_contrastive)
         total = c.lambda_refine * l_refine + c.lambda_softclip * l_soft + l_mse
         return {"loss": total, "mse": l_mse.detach(), "refine": l_refine.detach(),
                 "softclip": l_soft.detach()}
@@ -187,7 +200,7 @@ class SAD(nn.Module):
         steps = c.sample_steps if steps is None else steps
         h = self.encode(x, subject)
         est = self.estimate(h)
-        if steps <= 0:
+        if steps <= 0 or self.refiner is None:
             return est
         B, L = est.shape[:2]
         cond = h.repeat_interleave(L, dim=0)
@@ -206,12 +219,14 @@ class SAD(nn.Module):
         return x0.view(B, L, c.n_tokens, c.token_dim)
 
 
-def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Contrastive loss with soft labels from target–target similarity (both directions)."""
+def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float,
+                   hard: bool = False) -> torch.Tensor:
+    """Contrastive loss with soft labels from target–target similarity (both directions);
+    ``hard`` uses one-hot labels (plain InfoNCE)."""
     p = F.normalize(pred, dim=-1)
     t = F.normalize(target, dim=-1)
     logits = p @ t.T / temperature
-    soft = F.softmax(t @ t.T / temperature, dim=-1)
+    soft = torch.eye(len(t), device=t.device) if hard else F.softmax(t @ t.T / temperature, -1)
     return 0.5 * (-(soft * F.log_softmax(logits, -1)).sum(-1).mean()
                   - (soft * F.log_softmax(logits.T, -1)).sum(-1).mean())
 
