@@ -87,10 +87,11 @@ def decode_sad(model: SAD, d: SubjectData, steps: int | None = None, seed: int =
 
 
 def evaluate_subject(session: Session, cfg: Config, targets: CaptionTargets,
-                     sad: SAD | None = None, steps: int | None = None,
+                     models: dict[str, SAD] | None = None, steps: int | None = None,
                      trials: int = 100) -> dict:
-    """Caption identification on the test runs for SAD and a ridge fitted on the same
-    (pooled) targets; single-trial and repeat-averaged."""
+    """Caption identification on the test runs for each trained model (``{"sad": ...,
+    "mlp": ...}``, those that know this subject) and for a ridge fitted on the same (pooled)
+    targets; single-trial and repeat-averaged."""
     from sklearn.linear_model import RidgeCV
 
     train = subject_windows(session, cfg, "train")
@@ -101,7 +102,8 @@ def evaluate_subject(session: Session, cfg: Config, targets: CaptionTargets,
     out: dict = {"single_trial": {}, "averaged": {}}
     for cond, d in (("single_trial", test), ("averaged", avg)):
         out[cond]["ridge"] = identification(ridge.predict(d.X), d.clip_ids, targets, trials)
-        if sad is not None:
-            out[cond]["sad"] = identification(pooled(decode_sad(sad, d, steps)), d.clip_ids,
-                                              targets, trials)
+        for name, model in (models or {}).items():
+            if session.subject in model.cfg.subjects:
+                out[cond][name] = identification(pooled(decode_sad(model, d, steps)),
+                                                 d.clip_ids, targets, trials)
     return out
