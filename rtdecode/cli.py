@@ -694,22 +694,16 @@ def eval_cmd(
         model, meta = load_checkpoint(sad) if sad is not None and sad.is_dir() else (None, {})
         mlp_model = load_checkpoint(mlp)[0] if mlp is not None and mlp.is_dir() else None
         clip_model = load_toy_clip(clip)
-        labels = [s for s in list_subjects(root) if model is None or s in model.cfg.subjects]
-        n_tokens = model.cfg.n_tokens if model is not None else 16
+        known = [m for m in (model, mlp_model) if m is not None]
+        labels = [s for s in list_subjects(root)
+                  if not known or any(s in m.cfg.subjects for m in known)]
+        n_tokens = known[0].cfg.n_tokens if known else 16
         per = {}
         for s in labels:
             session = load_session(root, s)
             targets = CaptionTargets(session.clips, clip_model, n_tokens)
-            per[s] = evaluate_subject(session, cfg, targets, model, steps)
-            if mlp_model is not None and s in mlp_model.cfg.subjects:
-                from .models.evaluate import average_repeats as avg_rep
-                from .models.evaluate import decode_sad, identification, pooled
-                from .models.train import subject_windows
-
-                test = subject_windows(session, cfg, "test")
-                for cond, d in (("single_trial", test), ("averaged", avg_rep(test))):
-                    per[s][cond]["mlp"] = identification(pooled(decode_sad(mlp_model, d)),
-                                                         d.clip_ids, targets)
+            models = {k: m for k, m in (("sad", model), ("mlp", mlp_model)) if m is not None}
+            per[s] = evaluate_subject(session, cfg, targets, models, steps)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     out: dict = {}
