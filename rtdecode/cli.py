@@ -603,7 +603,7 @@ def journal_replay(
 def train_clip_cmd(
     data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/clip"),
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 2000,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 600,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     fp16: Annotated[bool, typer.Option(help="Store the final weights as float16.")] = True,
@@ -612,9 +612,9 @@ def train_clip_cmd(
     resumable."""
     import dataclasses
 
-    from .zoo.clip import ToyClipConfig, train_clip
+    from .zoo.clip import TOY_RECIPE, train_clip
 
-    cfg = dataclasses.replace(ToyClipConfig(), steps=steps)
+    cfg = dataclasses.replace(TOY_RECIPE, steps=steps)
     try:
         train_clip(data, out, cfg, max_minutes=max_minutes, save_fp16=fp16)
     except ValueError as exc:

@@ -321,10 +321,19 @@ def zero_shot_prompts(n: int = 480, seed: int = 0) -> tuple[list[str], list[dict
     prompts, labels = [], []
     for _ in range(n):
         a = {g: str(rng.choice(ATTRIBUTE_GROUPS[g])) for g in ZERO_SHOT_GROUPS}
-        prompts.append(f"a {a['size']} {a['colour']} {a['shape']} in the {a['position']} "
+        prompts.append(f"a {a['size']} {a['colour']} {a['shape']} {_where(a['position'])} "
                        f"on a {a['background']} {a['texture']} background")
         labels.append(a)
     return prompts, labels
+
+
+def _where(position: str) -> str:
+    """A position as the captions word it ("at the top", "on the left", "in the top left")."""
+    if position in ("top", "bottom"):
+        return f"at the {position}"
+    if position in ("left", "right"):
+        return f"on the {position}"
+    return f"in the {position}"
 
 
 def evaluate_clip(clip: ToyClip, frames: np.ndarray, records: list[dict[str, Any]]
@@ -511,3 +520,10 @@ def _read_loss_rows(path: Path, upto: int) -> list[list[Any]]:
         return []
     with open(path, newline="") as f:
         return [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= upto]
+
+
+#: The recipe the shipped toy CLIP was trained with (`rtdecode train clip`): a small
+#: ModifiedResNet trains ~4x faster per step than a ViT at 64x64 on 2 CPU cores.
+TOY_RECIPE = ToyClipConfig(vision="resnet", vision_layers=(1, 1, 1, 1), vision_width=16,
+                           vision_head_width=32, warmup_steps=40, steps=600,
+                           checkpoint_every=100)
