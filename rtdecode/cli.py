@@ -633,6 +633,8 @@ def train_sad_cmd(
                                              "Mind-Animator-style MLP baseline.")] = "toy",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 60,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads (2 cores: 2, or 1 each for two "
+                                              "trainings side by side).")] = 2,
     subjects: Annotated[str | None, typer.Option(help="Comma-separated subjects (default: "
                                                       "all).")] = None,
     config: ConfigOpt = None,
@@ -656,7 +658,7 @@ def train_sad_cmd(
         sad_cfg = mlp_baseline(voxels, token_dim=clip_model.token_width) if preset == "mlp" \
             else sad_preset(preset, voxels, token_dim=clip_model.token_width)
         targets = CaptionTargets(sessions[0].clips, clip_model, sad_cfg.n_tokens)
-        tcfg = TrainConfig(epochs=epochs, max_minutes=max_minutes)
+        tcfg = TrainConfig(epochs=epochs, max_minutes=max_minutes, threads=threads)
         windows = [subject_windows(s, cfg, "train", tcfg.val_fraction) for s in sessions]
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
