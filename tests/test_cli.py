@@ -71,12 +71,19 @@ def test_journal_show_and_replay(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     got = []
-    sub = ZmqSubscriber(f"tcp://127.0.0.1:{port}", topics=("caption",), recv_timeout_s=5.0)
-    t = threading.Thread(target=lambda: got.extend(h["tr_index"] for _, h, _ in sub))
+    sub = ZmqSubscriber(f"tcp://127.0.0.1:{port}", topics=("caption",), recv_timeout_s=10.0)
+
+    def collect():
+        for _, h, _ in sub:
+            got.append(h["tr_index"])
+            if len(got) == 3:
+                return
+
+    t = threading.Thread(target=collect)
     t.start()
     r = runner.invoke(app, ["journal", "replay", str(path), "--publish",
                             f"tcp://127.0.0.1:{port}", "--speed", "20"])
+    t.join(15)  # the last message may still be in flight when the command returns
     sub.close()
-    t.join(10)
     assert r.exit_code == 0, r.output
     assert got == [0, 1, 2]
