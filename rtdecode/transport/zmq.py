@@ -120,6 +120,25 @@ def _attach(sock: zmq.Socket, endpoint: str, bind: bool, curve: bool) -> str:
     return endpoint
 
 
+def _open_socket(ctx: zmq.Context, kind: int, options: list[tuple[int, int | bytes]],
+                 endpoint: str, bind: bool, curve_secret_key: bytes | None,
+                 curve_public_key: bytes | None, curve_server_key: bytes | None
+                 ) -> tuple[zmq.Socket, str, bool]:
+    """A socket with ``options`` set in order, CURVE (optional) and bound or connected;
+    closed again if any step fails. Returns (socket, actual endpoint, curve on)."""
+    sock = ctx.socket(kind)
+    try:
+        for opt, value in options:
+            sock.setsockopt(opt, value)
+        curve = _setup_curve(sock, server_role=bind, curve_secret_key=curve_secret_key,
+                             curve_public_key=curve_public_key,
+                             curve_server_key=curve_server_key)
+        return sock, _attach(sock, endpoint, bind, curve), curve
+    except BaseException:
+        sock.close(linger=0)
+        raise
+
+
 class _Receiver:
     """Shared receive loop: poll in slices, honour close() and recv_timeout_s, count errors."""
 
@@ -234,21 +253,13 @@ class ZmqVolumeSource(_Receiver):
             raise ValueError(f"max_bytes must be > 0, got {max_bytes!r}")
         bind = (mode == "pull") if bind is None else bind
         ctx = context or zmq.Context.instance()
-        sock = ctx.socket(zmq.PULL if mode == "pull" else zmq.SUB)
-        try:
-            sock.setsockopt(zmq.MAXMSGSIZE, int(max_bytes))
-            sock.setsockopt(zmq.RCVHWM, int(rcvhwm))
-            sock.setsockopt(zmq.LINGER, 0)
-            curve = _setup_curve(sock, server_role=bind, curve_secret_key=curve_secret_key,
-                                 curve_public_key=curve_public_key,
-                                 curve_server_key=curve_server_key)
-            if mode == "sub":
-                sock.setsockopt(zmq.SUBSCRIBE, VOLUME_TOPIC)
-                sock.setsockopt(zmq.SUBSCRIBE, EOS_TOPIC)
-            self.endpoint = _attach(sock, endpoint, bind, curve)
-        except BaseException:
-            sock.close(linger=0)
-            raise
+        options: list[tuple[int, int | bytes]] = [
+            (zmq.MAXMSGSIZE, int(max_bytes)), (zmq.RCVHWM, int(rcvhwm)), (zmq.LINGER, 0)]
+        if mode == "sub":
+            options += [(zmq.SUBSCRIBE, VOLUME_TOPIC), (zmq.SUBSCRIBE, EOS_TOPIC)]
+        sock, self.endpoint, curve = _open_socket(
+            ctx, zmq.PULL if mode == "pull" else zmq.SUB, options, endpoint, bind,
+            curve_secret_key, curve_public_key, curve_server_key)
         super().__init__(sock, recv_timeout_s, strict)
         self.mode, self.max_bytes, self.session = mode, int(max_bytes), session
         self.stop_on_eos = stop_on_eos
@@ -302,20 +313,14 @@ class ZmqVolumeSink:
                  curve_public_key: bytes | None = None, curve_secret_key: bytes | None = None,
                  context: zmq.Context | None = None, immediate: bool = False):
         ctx = context or zmq.Context.instance()
-        sock = ctx.socket(zmq.PUSH)
-        try:
-            sock.setsockopt(zmq.SNDHWM, int(sndhwm))
-            if immediate:  # queue only to completed connections: send waits for a receiver
-                sock.setsockopt(zmq.IMMEDIATE, 1)
-            if send_timeout_s is not None:
-                sock.setsockopt(zmq.SNDTIMEO, max(0, int(send_timeout_s * 1000)))
-            curve = _setup_curve(sock, server_role=bind, curve_secret_key=curve_secret_key,
-                                 curve_public_key=curve_public_key,
-                                 curve_server_key=curve_server_key)
-            self.endpoint = _attach(sock, endpoint, bind, curve)
-        except BaseException:
-            sock.close(linger=0)
-            raise
+        options: list[tuple[int, int | bytes]] = [(zmq.SNDHWM, int(sndhwm))]
+        if immediate:  # queue only to completed connections: send waits for a receiver
+            options.append((zmq.IMMEDIATE, 1))
+        if send_timeout_s is not None:
+            options.append((zmq.SNDTIMEO, max(0, int(send_timeout_s * 1000))))
+        sock, self.endpoint, curve = _open_socket(ctx, zmq.PUSH, options, endpoint, bind,
+                                                  curve_secret_key, curve_public_key,
+                                                  curve_server_key)
         self._sock = sock
         self.session, self.tr, self.linger_s = session, tr, linger_s
         self.curve = curve
@@ -372,18 +377,12 @@ class ZmqPublisher:
                  curve_public_key: bytes | None = None, curve_server_key: bytes | None = None,
                  context: zmq.Context | None = None):
         ctx = context or zmq.Context.instance()
-        sock = ctx.socket(zmq.XPUB)
-        try:
-            sock.setsockopt(zmq.SNDHWM, int(sndhwm))
-            sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # pass every subscribe up, even duplicates
-            sock.setsockopt(zmq.LINGER, 0)
-            curve = _setup_curve(sock, server_role=bind, curve_secret_key=curve_secret_key,
-                                 curve_public_key=curve_public_key,
-                                 curve_server_key=curve_server_key)
-            self.endpoint = _attach(sock, endpoint, bind, curve)
-        except BaseException:
-            sock.close(linger=0)
-            raise
+        options = [(zmq.SNDHWM, int(sndhwm)),
+                   (zmq.XPUB_VERBOSE, 1),  # pass every subscribe up, even duplicates
+                   (zmq.LINGER, 0)]
+        sock, self.endpoint, curve = _open_socket(ctx, zmq.XPUB, options, endpoint, bind,
+                                                  curve_secret_key, curve_public_key,
+                                                  curve_server_key)
         self._sock = sock
         self.curve = curve
         self.subscriptions: Counter[bytes] = Counter()  # subscribe events per topic prefix
@@ -463,20 +462,12 @@ class ZmqSubscriber(_Receiver):
         if bad or not topics:
             raise ValueError(f"topics: {bad or 'none given'}; choose from {list(OUTPUT_TOPICS)}")
         ctx = context or zmq.Context.instance()
-        sock = ctx.socket(zmq.SUB)
-        try:
-            sock.setsockopt(zmq.MAXMSGSIZE, int(max_bytes))
-            sock.setsockopt(zmq.RCVHWM, int(rcvhwm))
-            sock.setsockopt(zmq.LINGER, 0)
-            curve = _setup_curve(sock, server_role=bind, curve_secret_key=curve_secret_key,
-                                 curve_public_key=curve_public_key,
-                                 curve_server_key=curve_server_key)
-            for t in topics:
-                sock.setsockopt(zmq.SUBSCRIBE, t.encode("ascii"))
-            self.endpoint = _attach(sock, endpoint, bind, curve)
-        except BaseException:
-            sock.close(linger=0)
-            raise
+        options: list[tuple[int, int | bytes]] = [
+            (zmq.MAXMSGSIZE, int(max_bytes)), (zmq.RCVHWM, int(rcvhwm)), (zmq.LINGER, 0)]
+        options += [(zmq.SUBSCRIBE, t.encode("ascii")) for t in topics]
+        sock, self.endpoint, curve = _open_socket(ctx, zmq.SUB, options, endpoint, bind,
+                                                  curve_secret_key, curve_public_key,
+                                                  curve_server_key)
         super().__init__(sock, recv_timeout_s, strict)
         self.topics, self.max_bytes, self.curve = tuple(topics), int(max_bytes), curve
 
