@@ -622,6 +622,31 @@ def train_clip_cmd(
     typer.echo(f"saved {out}")
 
 
+@train_app.command("vae")
+def train_vae_cmd(
+    data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/vae"),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 1200,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
+                                                           "this long.")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Train the toy VAE (diffusers AutoencoderKL, 64x64 -> 4x16x16) on the session's
+    training-clip frames; resumable (run the same command again to continue)."""
+    import dataclasses
+
+    from .zoo.vae import ToyVAEConfig, train_vae
+
+    cfg = dataclasses.replace(ToyVAEConfig(), steps=steps)
+    try:
+        vae = train_vae(data, out, cfg, max_minutes=max_minutes, threads=threads)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    m = json.loads((out / "config.json").read_text())["metrics"]
+    typer.echo(f"saved {out}: held-out PSNR {m['val_psnr_db']} dB at step {m['step']}, "
+               f"latents {vae.latent_shape}")
+
+
 @train_app.command("sad")
 def train_sad_cmd(
     data: Annotated[Path | None, typer.Option(help="Session directory (default: the "
@@ -637,6 +662,13 @@ def train_sad_cmd(
                                               "trainings side by side).")] = 2,
     subjects: Annotated[str | None, typer.Option(help="Comma-separated subjects (default: "
                                                       "all).")] = None,
+    levels: Annotated[str, typer.Option(help="Target levels, comma-separated (drop one for "
+                                             "the SemVideo ablations).")
+                      ] = "anchor,motion,holistic",
+    noise_free: Annotated[bool, typer.Option("--noise-free", help="Train on the simulator's "
+                                             "noise-free BOLD (the noise_free ceiling).")
+                          ] = False,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     config: ConfigOpt = None,
 ) -> None:
     """Train SAD on every subject of a session (one model, per-subject projections);
@@ -644,7 +676,7 @@ def train_sad_cmd(
     from .data import list_subjects, load_session
     from .engine import provenance
     from .models.evaluate import CaptionTargets
-    from .models.sad import mlp_baseline, sad_preset
+    from .models.sad import LEVELS, mlp_baseline, sad_preset
     from .models.train import TrainConfig, subject_windows, train_sad
     from .zoo.clip import load_toy_clip
 
@@ -655,74 +687,235 @@ def train_sad_cmd(
         sessions = [load_session(root, s) for s in labels]
         clip_model = load_toy_clip(clip)
         voxels = {s.subject: s.n_voxels for s in sessions}
-        sad_cfg = mlp_baseline(voxels, token_dim=clip_model.token_width) if preset == "mlp" \
-            else sad_preset(preset, voxels, token_dim=clip_model.token_width)
-        targets = CaptionTargets(sessions[0].clips, clip_model, sad_cfg.n_tokens)
+        lv = tuple(v.strip() for v in levels.split(",") if v.strip())
+        bad = [v for v in lv if v not in LEVELS]
+        if bad or not lv:
+            raise ValueError(f"--levels {levels!r}: each must be one of {list(LEVELS)}")
+        sad_cfg = mlp_baseline(voxels, token_dim=clip_model.token_width, levels=lv) \
+            if preset == "mlp" else sad_preset(preset, voxels, token_dim=clip_model.token_width,
+                                               levels=lv)
+        targets = CaptionTargets(sessions[0].clips, clip_model, sad_cfg.n_tokens, lv)
+        tcfg = TrainConfig(epochs=epochs, max_minutes=max_minutes, threads=threads, seed=seed)
+        windows = [subject_windows(s, cfg, "train", tcfg.val_fraction, noise_free=noise_free)
+                   for s in sessions]
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    meta = {"clip": str(clip), "bold": "noise_free" if noise_free else "scan",
+            "trained_on": {s.subject: provenance(s, cfg) for s in sessions}}
+    summary = train_sad(windows, targets, sad_cfg, tcfg, out, meta)
+    typer.echo(f"saved {out}: best validation mse {summary['best_val_error']:.4f} after "
+               f"{summary['epochs']} epochs, {summary['minutes']} min")
+
+
+@train_app.command("mad")
+def train_mad_cmd(
+    data: Annotated[Path | None, typer.Option(help="Session directory (default: the "
+                                                   "config's data.root).")] = None,
+    clip: Annotated[Path, typer.Option(help="Trained toy CLIP (motion-semantics space).")
+                    ] = Path("runs/zoo/clip"),
+    vae: Annotated[Path, typer.Option(help="Trained toy VAE (the latent space).")
+                   ] = Path("runs/zoo/vae"),
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/mad"),
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    no_cross: Annotated[bool, typer.Option("--no-cross", help="Ablation: no cross-attention "
+                                           "to the motion semantics.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Train MAD (fMRI + motion semantics -> per-frame VAE latents) on every subject of a
+    session; trained with the true motion-caption tokens as the cross-attention input
+    (SAD's decoded ones at evaluation); checkpoint chosen on a validation split; resumable."""
+    from .data import list_subjects, load_session
+    from .engine import provenance
+    from .models.evaluate import LatentTargets
+    from .models.mad import MADConfig
+    from .models.train import TrainConfig, subject_windows, train_mad
+    from .zoo.clip import load_stimuli, load_toy_clip
+    from .zoo.vae import load_toy_vae
+
+    try:
+        cfg = load_config(config)
+        root = data or Path(cfg.data.root)
+        sessions = [load_session(root, s) for s in list_subjects(root)]
+        clip_model, vae_model = load_toy_clip(clip), load_toy_vae(vae)
+        frames, _ = load_stimuli(root)
+        typer.echo(f"encoding {len(frames)} clips' frames with the toy VAE ...")
+        targets = LatentTargets(frames, sessions[0].clips, vae_model, clip_model, 16)
+        mad_cfg = MADConfig(subjects={s.subject: s.n_voxels for s in sessions},
+                            n_frames=int(frames.shape[1]), latent_shape=vae_model.latent_shape,
+                            token_dim=clip_model.token_width, use_cross=not no_cross)
         tcfg = TrainConfig(epochs=epochs, max_minutes=max_minutes, threads=threads)
         windows = [subject_windows(s, cfg, "train", tcfg.val_fraction) for s in sessions]
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    meta = {"clip": str(clip), "trained_on": {s.subject: provenance(s, cfg) for s in sessions}}
-    summary = train_sad(windows, targets, sad_cfg, tcfg, out, meta)
-    typer.echo(f"saved {out}: best validation mse {summary['best_val_mse']:.4f} after "
-               f"{summary['epochs']} epochs, {summary['minutes']} min")
+    meta = {"clip": str(clip), "vae": str(vae),
+            "trained_on": {s.subject: provenance(s, cfg) for s in sessions}}
+    summary = train_mad(windows, targets, mad_cfg, tcfg, out, meta)
+    typer.echo(f"saved {out}: best validation latent mse {summary['best_val_error']:.4f} "
+               f"after {summary['epochs']} epochs, {summary['minutes']} min")
+
+
+#: The shipped toy zoo: fp16 checkpoints trained on ``configs/study.toml``'s session.
+ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
+STUDY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "study.toml"
+
+
+def _ensure_session(cfg, root: Path) -> None:
+    """Simulate the config's session into ``root`` unless it is already there."""
+    from .simulator import preset as make_preset
+    from .simulator import simulate as run_simulation
+
+    if (root / "dataset_description.json").is_file() and (root / "simulation.json").is_file():
+        return  # a session is there (the checkpoints check it matches, by provenance)
+    sim = make_preset(cfg.simulate.preset, seed=cfg.simulate.seed,
+                      n_subjects=cfg.simulate.n_subjects, tr=cfg.simulate.tr)
+    _check_output_dir(root)
+    typer.echo(f"simulating {root} (preset {sim.preset}, seed {sim.seed}, "
+               f"{sim.n_subjects} subject(s)) ...", err=True)
+    run_simulation(root, sim, progress=sys.stderr.isatty())
 
 
 @app.command("eval")
 def eval_cmd(
     data: Annotated[Path | None, typer.Option(help="Session directory (default: the "
-                                                   "config's data.root).")] = None,
-    sad: Annotated[Path | None, typer.Option(help="Trained SAD directory.")
-                   ] = Path("runs/zoo/sad"),
-    clip: Annotated[Path, typer.Option(help="Toy CLIP directory.")] = Path("runs/zoo/clip"),
-    mlp: Annotated[Path | None, typer.Option(help="Trained MLP baseline directory.")
-                   ] = Path("runs/zoo/mlp"),
-    steps: Annotated[int | None, typer.Option(help="Refineformer sampling steps.")] = None,
+                                                   "config's data.root, simulated if "
+                                                   "absent).")] = None,
+    zoo: Annotated[Path, typer.Option(help="Checkpoints: a folder with clip/, sad/, mlp/, "
+                                           "noise_free/, vae/, mad/ (those present are "
+                                           "evaluated).")] = ZOO_DIR,
+    steps: Annotated[int | None, typer.Option(help="Refineformer sampling steps (default: "
+                                                   "the checkpoint's).")] = None,
+    trials: Annotated[int, typer.Option(help="N-way trials per decoded clip.")] = 100,
+    oracle: Annotated[bool, typer.Option(help="Also the oracle ceiling (simulated data "
+                                              "only).")] = True,
+    ablations: Annotated[Path | None, typer.Option(help="A folder of SAD ablation "
+                                                        "checkpoints (one sub-folder each): "
+                                                        "per-level caption identification.")
+                         ] = None,
+    steps_sweep: Annotated[str | None, typer.Option(help="Comma-separated Refineformer "
+                                                         "steps: accuracy and latency each.")
+                           ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    config: ConfigOpt = None,
+    config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml, "
+                                                     "what the shipped zoo was trained on).")
+                      ] = None,
 ) -> None:
-    """Caption identification (2-way, 50-way) on held-out test runs: SAD vs ridge on the same
-    targets, single-trial and repeat-averaged, averaged over subjects."""
+    """Caption identification (2-way, 50-way) of held-out test clips for SAD, ridge, the MLP
+    baseline and two ceilings (oracle, noise_free), single-trial and repeat-averaged; MAD's
+    latent error and per-frame retrieval. With no arguments: the shipped toy zoo on the
+    default study session (simulated deterministically if absent, ~1 min)."""
     import numpy as np
 
     from .data import list_subjects, load_session
-    from .models.evaluate import CaptionTargets, evaluate_subject
+    from .engine import provenance
+    from .models import evaluate as ev
     from .models.train import load_checkpoint
-    from .zoo.clip import load_toy_clip
+    from .zoo.clip import load_stimuli, load_toy_clip
+
+    def load(name: str):
+        return load_checkpoint(zoo / name) if (zoo / name).is_dir() else (None, {})
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config if config is not None else STUDY_CONFIG)
         root = data or Path(cfg.data.root)
-        model, meta = load_checkpoint(sad) if sad is not None and sad.is_dir() else (None, {})
-        mlp_model = load_checkpoint(mlp)[0] if mlp is not None and mlp.is_dir() else None
-        clip_model = load_toy_clip(clip)
-        known = [m for m in (model, mlp_model) if m is not None]
+        if data is None:
+            _ensure_session(cfg, root)
+        clip_model = load_toy_clip(zoo / "clip")
+        (sad, sad_meta), (mlp, mlp_meta), (nf, nf_meta), (mad, mad_meta) = (
+            load(n) for n in ("sad", "mlp", "noise_free", "mad"))
+        known = [m for m in (sad, mlp, nf) if m is not None]
         labels = [s for s in list_subjects(root)
                   if not known or any(s in m.cfg.subjects for m in known)]
+        if not labels:
+            raise DataError(f"{root}: none of its subjects {list_subjects(root)} is known to "
+                            f"the checkpoints in {zoo}")
         n_tokens = known[0].cfg.n_tokens if known else 16
-        per = {}
+        sweep = [int(v) for v in steps_sweep.split(",")] if steps_sweep else []
+        per: dict = {}
         for s in labels:
             session = load_session(root, s)
-            targets = CaptionTargets(session.clips, clip_model, n_tokens)
-            models = {k: m for k, m in (("sad", model), ("mlp", mlp_model)) if m is not None}
-            per[s] = evaluate_subject(session, cfg, targets, models, steps)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+            prov = provenance(session, cfg)
+            for meta in (sad_meta, mlp_meta, nf_meta, mad_meta):
+                _check_provenance(meta, s, prov)
+            targets = ev.CaptionTargets(session.clips, clip_model, n_tokens)
+            w = ev.eval_windows(session, cfg)
+            models = {k: m for k, m in (("sad", sad), ("mlp", mlp)) if m is not None}
+            r = ev.evaluate_subject(session, cfg, targets, models, steps, trials, w)
+            if nf is not None and s in nf.cfg.subjects:
+                wn = ev.eval_windows(session, cfg, train=False, noise_free=True)
+                for cond in ("single_trial", "averaged"):
+                    r[cond]["noise_free"] = ev.identification(
+                        ev.pooled(ev.decode_sad(nf, wn[cond], steps)), wn[cond].clip_ids,
+                        targets, trials)
+            if oracle:
+                from .models.oracle import oracle_identification
+
+                o = oracle_identification(root, s, cfg, trials=trials)
+                for cond in ("single_trial", "averaged"):
+                    r[cond]["oracle"] = o[cond]
+            if mad is not None and s in mad.cfg.subjects:
+                frames, _ = load_stimuli(root)
+                test_ids = np.unique(w["single_trial"].clip_ids)
+                lt = ev.LatentTargets(frames, {int(c): session.clips[int(c)] for c in test_ids},
+                                      _load_vae(zoo), clip_model, mad.cfg.motion_tokens)
+                m = ev.evaluate_mad(mad, sad, w, lt, trials)
+                for cond in ("single_trial", "averaged"):
+                    r[cond]["mad"] = m[cond]
+            if ablations is not None and sad is not None:
+                r["levels"] = {"sad": ev.evaluate_levels(sad, w, targets, steps, trials)}
+                for d in sorted(p for p in ablations.iterdir() if p.is_dir()):
+                    model, meta = load_checkpoint(d)
+                    _check_provenance(meta, s, prov)
+                    r["levels"][d.name] = ev.evaluate_levels(model, w, targets, steps, trials)
+            if sweep and sad is not None:
+                r["steps_sweep"] = ev.steps_sweep(sad, w, targets, sweep, trials)
+            per[s] = r
+    except (ConfigError, DataError, ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
     out: dict = {}
     for cond in ("single_trial", "averaged"):
         out[cond] = {}
         for dec in per[labels[0]][cond]:
-            keys = [k for k in per[labels[0]][cond][dec] if k.startswith("caption_")]
+            keys = [k for k, v in per[labels[0]][cond][dec].items()
+                    if isinstance(v, (int, float)) and k != "n_decoded"]
             out[cond][dec] = {k: round(float(np.mean([per[s][cond][dec][k] for s in labels])),
                                        4) for k in keys}
+    out["chance"] = {"caption_2way": 0.5, "caption_50way": 0.02}
     out["subjects"] = per
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
+    typer.echo(f"{'condition':12} {'decoder':10} {'2-way':>7} {'50-way':>7}")
     for cond in ("single_trial", "averaged"):
         for dec, r in out[cond].items():
-            typer.echo(f"{cond:12} {dec:6} caption 2-way {r['caption_2way']:.3f}  "
-                       f"50-way {r['caption_50way']:.3f}")
+            if "caption_2way" in r:
+                typer.echo(f"{cond:12} {dec:10} {r['caption_2way']:7.3f} "
+                           f"{r['caption_50way']:7.3f}")
+            else:
+                typer.echo(f"{cond:12} {dec:10} " + "  ".join(f"{k} {v:.3f}"
+                                                            for k, v in r.items()))
+    typer.echo(f"{'chance':23} {0.5:7.3f} {0.02:7.3f}")
+
+
+def _check_provenance(meta: dict, subject: str, prov: dict) -> None:
+    """A checkpoint used on data it was not trained on is an error naming what differs."""
+    from .engine import ModelMismatch
+
+    trained = meta.get("trained_on", {}).get(subject)
+    if trained is None:
+        return
+    diffs = [f"{k}: checkpoint {trained[k]!r} vs data {v!r}" for k, v in prov.items()
+             if k in trained and trained[k] != v]
+    if diffs:
+        raise ModelMismatch(f"checkpoint trained on other data for {subject}: "
+                            + "; ".join(diffs))
+
+
+def _load_vae(zoo: Path):
+    from .zoo.vae import load_toy_vae
+
+    return load_toy_vae(zoo / "vae")
 
 
 @app.command("config")

@@ -37,14 +37,15 @@ class WindowSet:
 
 
 def build_windows(session: Session, task: str, cfg: Config, *, online: bool = True,
-                  voxels: np.ndarray | None = None) -> WindowSet:
-    """Preprocess every run of ``task`` and cut its clip windows."""
+                  voxels: np.ndarray | None = None, noise_free: bool = False) -> WindowSet:
+    """Preprocess every run of ``task`` and cut its clip windows (``noise_free``: from the
+    simulator's noise-free BOLD instead of the scan)."""
     xs, ids, reps, idx = [], [], [], []
     runs = session.runs_of(task)
     if not runs:
         raise DataError(f"{session.root}: subject {session.subject} has no {task!r} runs")
     for i, run in enumerate(runs):
-        data = run.data()
+        data = run.noise_free() if noise_free else run.data()
         if voxels is not None:
             data = data[:, voxels]
         feats = preprocess_run(data, run.tr, cfg.preprocess) if online \

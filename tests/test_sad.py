@@ -69,7 +69,7 @@ def test_training_reduces_loss_and_checkpoint_round_trip(tmp_path):
     import csv
     rows = list(csv.DictReader((tmp_path / "run" / "loss.csv").open()))
     assert float(rows[-1]["train_loss"]) < 0.6 * float(rows[0]["train_loss"])
-    assert summary["best_val_mse"] < float(rows[0]["val_mse"])
+    assert summary["best_val_error"] < float(rows[0]["val_error"])
     model, meta = load_checkpoint(tmp_path / "run")
     x = torch.from_numpy(data[0].X[:4])
     again, _ = load_checkpoint(tmp_path / "run")

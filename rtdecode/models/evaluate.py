@@ -35,6 +35,7 @@ class CaptionTargets:
         tok = clip_model.encode_text_tokens(texts)[:, :n_tokens]
         self.array = tok.reshape(len(self.ids), len(levels), n_tokens, -1).astype(np.float32)
         self._row = {int(c): i for i, c in enumerate(self.ids)}
+        self.levels = tuple(levels)
 
     def __call__(self, clip_ids: np.ndarray) -> np.ndarray:
         try:
@@ -88,22 +89,162 @@ def decode_sad(model: SAD, d: SubjectData, steps: int | None = None, seed: int =
 
 def evaluate_subject(session: Session, cfg: Config, targets: CaptionTargets,
                      models: dict[str, SAD] | None = None, steps: int | None = None,
-                     trials: int = 100) -> dict:
+                     trials: int = 100, windows: dict | None = None) -> dict:
     """Caption identification on the test runs for each trained model (``{"sad": ...,
     "mlp": ...}``, those that know this subject) and for a ridge fitted on the same (pooled)
-    targets; single-trial and repeat-averaged."""
+    targets; single-trial and repeat-averaged. ``windows``: precomputed
+    :func:`eval_windows`."""
     from sklearn.linear_model import RidgeCV
 
-    train = subject_windows(session, cfg, "train")
-    test = subject_windows(session, cfg, "test")
-    avg = average_repeats(test)
-    ridge = RidgeCV(alphas=np.asarray(cfg.ridge.alphas)).fit(train.X,
-                                                             pooled(targets(train.clip_ids)))
+    w = windows or eval_windows(session, cfg)
+    ridge = RidgeCV(alphas=np.asarray(cfg.ridge.alphas)).fit(
+        w["train"].X, pooled(targets(w["train"].clip_ids)))
     out: dict = {"single_trial": {}, "averaged": {}}
-    for cond, d in (("single_trial", test), ("averaged", avg)):
+    for cond in out:
+        d = w[cond]
         out[cond]["ridge"] = identification(ridge.predict(d.X), d.clip_ids, targets, trials)
         for name, model in (models or {}).items():
             if session.subject in model.cfg.subjects:
                 out[cond][name] = identification(pooled(decode_sad(model, d, steps)),
                                                  d.clip_ids, targets, trials)
+    return out
+
+
+def eval_windows(session: Session, cfg: Config, train: bool = True,
+                 noise_free: bool = False) -> dict[str, SubjectData]:
+    """The windows an evaluation needs, built once: ``train`` (for the ridge fitted at
+    evaluation time), ``single_trial`` (every test repeat) and ``averaged`` (repeats
+    averaged); from the noise-free BOLD with ``noise_free``."""
+    test = subject_windows(session, cfg, "test", noise_free=noise_free)
+    out = {"single_trial": test, "averaged": average_repeats(test)}
+    if train:
+        out["train"] = subject_windows(session, cfg, "train", noise_free=noise_free)
+    return out
+
+
+def evaluate_levels(model: SAD, windows: dict, targets: CaptionTargets,
+                    steps: int | None = None, trials: int = 100) -> dict:
+    """Caption identification per target level (and over the model's levels together), for
+    the SemVideo ablations: ``targets`` must cover every level, the model any subset."""
+    out: dict = {}
+    for cond in ("single_trial", "averaged"):
+        d = windows[cond]
+        tok = decode_sad(model, d, steps)
+        rows: dict = {}
+        for i, lvl in enumerate(model.cfg.levels):
+            j = targets.levels.index(lvl)
+            rows[lvl] = _level_id(tok[:, i: i + 1], d.clip_ids, targets, [j], trials)
+        idx = [targets.levels.index(lvl) for lvl in model.cfg.levels]
+        rows["all"] = _level_id(tok, d.clip_ids, targets, idx, trials)
+        out[cond] = rows
+    return out
+
+
+def _level_id(tok: np.ndarray, clip_ids: np.ndarray, targets: CaptionTargets,
+              level_idx: list[int], trials: int) -> dict:
+    def sub(ids: np.ndarray) -> np.ndarray:
+        return targets(ids)[:, level_idx]
+    r = identification(pooled(tok), clip_ids, sub, trials)
+    return {k: r[k] for k in ("caption_2way", "caption_50way")}
+
+
+def steps_sweep(model: SAD, windows: dict, targets: CaptionTargets, steps: list[int],
+                trials: int = 100, timing_trs: int = 50) -> list[dict]:
+    """Accuracy and per-TR latency (batch 1, this process's torch threads) against the
+    Refineformer's sampling steps."""
+    import time
+
+    out = []
+    d = windows["single_trial"]
+    x = torch.from_numpy(d.X[:timing_trs])
+    for k in steps:
+        r = {"steps": k}
+        for cond in ("single_trial", "averaged"):
+            ident = identification(pooled(decode_sad(model, windows[cond], k)),
+                                   windows[cond].clip_ids, targets, trials)
+            r[cond] = {m: ident[m] for m in ("caption_2way", "caption_50way")}
+        times = []
+        with torch.no_grad():
+            for i in range(len(x)):
+                t0 = time.perf_counter()
+                model(x[i: i + 1], d.label, steps=k)
+                times.append((time.perf_counter() - t0) * 1e3)
+        r["ms_per_tr_p50"] = round(float(np.percentile(times, 50)), 3)
+        r["ms_per_tr_p99"] = round(float(np.percentile(times, 99)), 3)
+        out.append(r)
+    return out
+
+
+def evaluate_mad(mad, sad: SAD | None, windows: dict, targets: LatentTargets,
+                 trials: int = 100) -> dict:
+    """MAD on the test windows, its cross-attention fed SAD's *decoded* motion semantics
+    (as live); without a SAD, the true motion tokens (an upper bound, labelled so)."""
+    out: dict = {}
+    for cond in ("single_trial", "averaged"):
+        d = windows[cond]
+        if sad is not None and "motion" in sad.cfg.levels:
+            motion = decode_sad(sad, d)[:, sad.cfg.levels.index("motion")]
+            src = "sad"
+        else:
+            motion, src = targets(d.clip_ids)["motion"], "true_motion_tokens"
+        out[cond] = {**latent_scores(decode_mad(mad, d, motion), d.clip_ids, targets, trials),
+                     "motion_semantics": src}
+    return out
+
+
+class LatentTargets:
+    """Clip id → MAD's targets: the toy VAE's per-frame latents and the clip's motion-caption
+    tokens (SAD's motion level, what MAD cross-attends to)."""
+
+    def __init__(self, frames: np.ndarray, clips: dict[int, dict], vae, clip_model,
+                 n_tokens: int, ids: np.ndarray | None = None):
+        self.ids = np.array(sorted(clips) if ids is None else sorted(ids), dtype=np.int64)
+        self.latents = vae.encode(np.asarray(frames[self.ids]))
+        self.motion = CaptionTargets({int(c): clips[int(c)] for c in self.ids}, clip_model,
+                                     n_tokens, ("motion",)).array[:, 0]
+        self._row = {int(c): i for i, c in enumerate(self.ids)}
+
+    def rows(self, clip_ids: np.ndarray) -> list[int]:
+        try:
+            return [self._row[int(c)] for c in clip_ids]
+        except KeyError as exc:
+            raise KeyError(f"clip {exc} has no latent target") from None
+
+    def __call__(self, clip_ids: np.ndarray) -> dict[str, np.ndarray]:
+        r = self.rows(clip_ids)
+        return {"latents": self.latents[r], "motion": self.motion[r]}
+
+
+@torch.no_grad()
+def decode_mad(model, d: SubjectData, motion: np.ndarray | None, batch: int = 256) -> np.ndarray:
+    """Latents ``(n, frames, C, h, w)`` decoded from windows and motion semantics."""
+    model.eval()
+    out = []
+    for i in range(0, len(d.X), batch):
+        m = None if motion is None else torch.from_numpy(motion[i: i + batch])
+        out.append(model(torch.from_numpy(d.X[i: i + batch]), d.label, m))
+    return torch.cat(out).numpy()
+
+
+def latent_scores(pred: np.ndarray, clip_ids: np.ndarray, targets: LatentTargets,
+                  trials: int = 100, seed: int = 0) -> dict:
+    """MAD's figures: latent MSE and cosine to the true clip's latents, and per-frame
+    retrieval (each decoded frame's latent against the same frame of the true clip and N-1
+    other test clips; 2-way and 50-way, averaged over frames)."""
+    true = targets(clip_ids)["latents"]
+    p, t = pred.reshape(len(pred), pred.shape[1], -1), true.reshape(len(true), true.shape[1], -1)
+    cos = (p * t).sum(-1) / (np.linalg.norm(p, axis=-1) * np.linalg.norm(t, axis=-1) + 1e-12)
+    out = {"latent_mse": round(float(((p - t) ** 2).mean()), 4),
+           "latent_cosine": round(float(cos.mean()), 4)}
+    bank_ids = np.unique(clip_ids)
+    bank = targets(bank_ids)["latents"]
+    bank = bank.reshape(len(bank), bank.shape[1], -1)
+    for n in (2, 50):
+        accs = []
+        for f in range(p.shape[1]):
+            r = n_way_identification(p[:, f], clip_ids, bank[:, f], bank_ids, n, trials,
+                                     np.random.default_rng([seed, f]))
+            if r is not None:
+                accs.append(r[0])
+        out[f"frame_{n}way"] = round(float(np.mean(accs)), 4) if accs else None
     return out

@@ -33,6 +33,7 @@ LEVELS = ("anchor", "motion", "holistic")
 class SADConfig:
     subjects: dict[str, int] = field(default_factory=dict)  # label -> voxel count
     hidden: int = 512
+    proj_rank: int | None = None  # low-rank subject projection (sets the checkpoint size)
     mlp_layers: int = 4
     dropout: float = 0.15
     n_tokens: int = 16          # target tokens per level (77 for real CLIP)
@@ -54,8 +55,9 @@ class SADConfig:
 
 
 PRESETS = {
-    "toy": dict(hidden=512, mlp_layers=4, n_tokens=16, token_dim=64, refine_width=128,
-                refine_layers=2, refine_heads=4),
+    # Small enough to ship (fp16, a few MB): a rank-128 subject projection into 256 wide.
+    "toy": dict(hidden=256, proj_rank=128, mlp_layers=4, n_tokens=16, token_dim=64,
+                refine_width=128, refine_layers=2, refine_heads=4),
     # The paper's sizes: 3 x 77 x 768 targets, a wide backbone. Runs on CPU, slowly.
     "paper": dict(hidden=4096, mlp_layers=4, n_tokens=77, token_dim=768, refine_width=768,
                   refine_layers=4, refine_heads=8),
@@ -74,6 +76,19 @@ def sad_preset(name: str, subjects: dict[str, int], **overrides) -> SADConfig:
     if name not in PRESETS:
         raise ValueError(f"SAD preset {name!r}: must be one of {list(PRESETS)}")
     return SADConfig(subjects=dict(subjects), **{**PRESETS[name], **overrides})
+
+
+def subject_projection(n_voxels: int, hidden: int, rank: int | None) -> nn.Module:
+    """Voxels → hidden; low-rank (two linears, the first without bias) when ``rank`` is set —
+    the bulk of a decoder's weights is this matrix, so the rank sets the checkpoint size."""
+    if rank is None or rank >= hidden:
+        return nn.Linear(n_voxels, hidden)
+    return nn.Sequential(nn.Linear(n_voxels, rank, bias=False), nn.Linear(rank, hidden))
+
+
+def in_features(projection: nn.Module) -> int:
+    first = projection[0] if isinstance(projection, nn.Sequential) else projection
+    return int(first.in_features)
 
 
 class ResidualBlock(nn.Module):
@@ -130,7 +145,8 @@ class SAD(nn.Module):
         if not cfg.subjects:
             raise ValueError("SADConfig.subjects is empty: give every subject's voxel count")
         self.cfg = cfg
-        self.proj = nn.ModuleDict({s: nn.Linear(n, cfg.hidden) for s, n in cfg.subjects.items()})
+        self.proj = nn.ModuleDict({s: subject_projection(n, cfg.hidden, cfg.proj_rank)
+                                   for s, n in cfg.subjects.items()})
         self.backbone = nn.Sequential(
             *[ResidualBlock(cfg.hidden, cfg.dropout) for _ in range(cfg.mlp_layers)],
             nn.LayerNorm(cfg.hidden))
@@ -146,14 +162,15 @@ class SAD(nn.Module):
 
     def add_subject(self, label: str, n_voxels: int) -> None:
         """A new subject's projection (for adaptation: train only this)."""
-        self.proj[label] = nn.Linear(n_voxels, self.cfg.hidden)
+        self.proj[label] = subject_projection(n_voxels, self.cfg.hidden, self.cfg.proj_rank)
 
     def encode(self, x: torch.Tensor, subject: str) -> torch.Tensor:
         if subject not in self.proj:
             raise KeyError(f"subject {subject!r} has no projection (have {list(self.proj)})")
-        if x.shape[-1] != self.proj[subject].in_features:
+        n = in_features(self.proj[subject])
+        if x.shape[-1] != n:
             raise ValueError(f"subject {subject!r}: {x.shape[-1]} voxels, the projection "
-                             f"expects {self.proj[subject].in_features}")
+                             f"expects {n}")
         return self.backbone(self.proj[subject](x))
 
     def estimate(self, h: torch.Tensor) -> torch.Tensor:
@@ -188,6 +205,11 @@ class SAD(nn.Module):
         total = c.lambda_refine * l_refine + c.lambda_softclip * l_soft + l_mse
         return {"loss": total, "mse": l_mse.detach(), "refine": l_refine.detach(),
                 "softclip": l_soft.detach()}
+
+    @torch.no_grad()
+    def val_error(self, x: torch.Tensor, subject: str, target: torch.Tensor) -> float:
+        """Validation MSE of the backbone estimate (cheap, deterministic)."""
+        return float(F.mse_loss(self.estimate(self.encode(x, subject)), target))
 
     # ------------------------------------------------------------------ inference
 

@@ -1,4 +1,4 @@
-"""Training SAD on windowed fMRI: multi-subject, seeded, resumable, with a validation split.
+"""Training SAD and MAD on windowed fMRI: multi-subject, seeded, resumable, validated.
 
 Inputs are the same causally preprocessed HRF-lag windows the live daemon decodes
 (:func:`rtdecode.ridge.build_windows`). The validation split is carved from the *training*
@@ -25,10 +25,13 @@ from ..config import Config
 from ..data import Session
 from ..preprocess import select_voxels
 from ..ridge import build_windows
+from .mad import MAD, MADConfig
 from .sad import SAD, SADConfig
 
-#: Maps clip ids to target token arrays (n, levels, tokens, dim).
-TargetFn = Callable[[np.ndarray], np.ndarray]
+#: Maps clip ids to targets: an array (n, ...) or a dict of such arrays (MAD).
+TargetFn = Callable[[np.ndarray], "np.ndarray | dict[str, np.ndarray]"]
+#: Checkpoint kinds: weights file ``{kind}.safetensors``, config under ``config.json[kind]``.
+KINDS = {"sad": (SAD, SADConfig), "mad": (MAD, MADConfig)}
 
 
 @dataclass(frozen=True)
@@ -52,32 +55,55 @@ class SubjectData:
 
 
 def subject_windows(session: Session, cfg: Config, task: str = "train",
-                    val_fraction: float = 0.0) -> SubjectData:
+                    val_fraction: float = 0.0, noise_free: bool = False) -> SubjectData:
     """Windows of every ``task`` run (:func:`rtdecode.ridge.build_windows`); the last runs
-    (whole runs, at least one when there are several) are marked as validation."""
-    ws = build_windows(session, task, cfg, voxels=select_voxels(session, cfg))
+    (whole runs, at least one when there are several) are marked as validation.
+    ``noise_free``: the simulator's noise-free BOLD instead of the scan (the ceiling)."""
+    ws = build_windows(session, task, cfg, voxels=select_voxels(session, cfg),
+                       noise_free=noise_free)
     n_runs = int(ws.runs.max()) + 1
     n_val = max(1, int(round(n_runs * val_fraction))) if val_fraction > 0 and n_runs > 1 else 0
     return SubjectData(session.subject, ws.X, ws.clip_ids, ws.runs >= n_runs - n_val)
 
 
-def save_checkpoint(model: SAD, out: Path, meta: dict, fp16: bool = False) -> None:
+def _kind(model) -> str:
+    for kind, (cls, _) in KINDS.items():
+        if isinstance(model, cls):
+            return kind
+    raise TypeError(f"no checkpoint kind for {type(model).__name__}")
+
+
+def save_checkpoint(model: SAD | MAD, out: Path, meta: dict, fp16: bool = False) -> None:
+    """``{kind}.safetensors`` (weights) + ``config.json`` (``{kind: config, **meta}``)."""
+    kind = _kind(model)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(out / "sad.safetensors"))
-    (out / "config.json").write_text(json.dumps({"sad": model.cfg.to_dict(), **meta},
+    save_file(state, str(out / f"{kind}.safetensors"))
+    (out / "config.json").write_text(json.dumps({kind: model.cfg.to_dict(), **meta},
                                                 indent=2, sort_keys=True) + "\n")
 
 
-def load_checkpoint(path: str | Path) -> tuple[SAD, dict]:
+def load_checkpoint(path: str | Path) -> tuple[SAD | MAD, dict]:
+    """Load a SAD or MAD checkpoint folder (float32, eval mode)."""
     path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json (is it a trained checkpoint folder?)")
     meta = json.loads((path / "config.json").read_text())
-    c = dict(meta["sad"])
-    c["levels"] = tuple(c["levels"])
-    model = SAD(SADConfig(**c))
+    kind = next((k for k in KINDS if k in meta and (path / f"{k}.safetensors").is_file()),
+                None)
+    if kind is None:
+        raise FileNotFoundError(f"{path}: want sad.safetensors or mad.safetensors with its "
+                                "config.json")
+    cls, cfg_cls = KINDS[kind]
+    c = dict(meta[kind])
+    if "levels" in c:
+        c["levels"] = tuple(c["levels"])
+    if "latent_shape" in c:
+        c["latent_shape"] = tuple(c["latent_shape"])
+    model = cls(cfg_cls(**c))
     state = {k: v.float() if v.is_floating_point() else v
-             for k, v in load_file(str(path / "sad.safetensors")).items()}
+             for k, v in load_file(str(path / f"{kind}.safetensors")).items()}
     model.load_state_dict(state)
     model.eval()
     return model, meta
@@ -86,13 +112,41 @@ def load_checkpoint(path: str | Path) -> tuple[SAD, dict]:
 def train_sad(data: list[SubjectData], targets: TargetFn, sad_cfg: SADConfig,
               tcfg: TrainConfig, out: str | Path, meta: dict | None = None,
               progress: bool = True, resume: bool = True) -> dict:
-    """Train, keep the checkpoint with the best validation loss; returns a summary."""
+    """Train SAD, keep the checkpoint with the best validation loss; returns a summary."""
+    return train_decoder(lambda: SAD(sad_cfg), data, targets, tcfg, out, meta, progress,
+                         resume)
+
+
+def train_mad(data: list[SubjectData], targets: TargetFn, mad_cfg: MADConfig,
+              tcfg: TrainConfig, out: str | Path, meta: dict | None = None,
+              progress: bool = True, resume: bool = True) -> dict:
+    """Train MAD (targets: {"latents", "motion"}); as :func:`train_sad`."""
+    return train_decoder(lambda: MAD(mad_cfg), data, targets, tcfg, out, meta, progress,
+                         resume)
+
+
+def _index(y, idx: torch.Tensor):
+    return {k: v[idx] for k, v in y.items()} if isinstance(y, dict) else y[idx]
+
+
+def _as_tensor(y):
+    if isinstance(y, dict):
+        return {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in y.items()}
+    return torch.from_numpy(np.ascontiguousarray(y, np.float32))
+
+
+def train_decoder(build: Callable[[], SAD | MAD], data: list[SubjectData], targets: TargetFn,
+                  tcfg: TrainConfig, out: str | Path, meta: dict | None = None,
+                  progress: bool = True, resume: bool = True) -> dict:
+    """The training loop shared by SAD and MAD: AdamW, warm-up + cosine LR, gradient
+    clipping; validation error after every epoch picks the checkpoint; resumable."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
-    model = SAD(sad_cfg)
+    model = build()
+    kind = _kind(model)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     tr = {d.label: np.flatnonzero(~d.val) for d in data}
     va = {d.label: np.flatnonzero(d.val) for d in data}
@@ -105,7 +159,7 @@ def train_sad(data: list[SubjectData], targets: TargetFn, sad_cfg: SADConfig,
             return tcfg.lr * (step + 1) / warm
         frac = min(1.0, (step - warm) / max(1, total - warm))
         return 0.5 * tcfg.lr * (1 + math.cos(math.pi * frac))
-    Y = {d.label: torch.from_numpy(targets(d.clip_ids).astype(np.float32)) for d in data}
+    Y = {d.label: _as_tensor(targets(d.clip_ids)) for d in data}
     Xt = {d.label: torch.from_numpy(d.X) for d in data}
     state_path = out / "train_state.pt"
     start_epoch, best, history = 0, math.inf, []
@@ -117,7 +171,7 @@ def train_sad(data: list[SubjectData], targets: TargetFn, sad_cfg: SADConfig,
         rng = np.random.default_rng([tcfg.seed, start_epoch])
     step = start_epoch * steps_per_epoch
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train sad",
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=f"train {kind}",
                unit="step", disable=not progress)
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
@@ -125,30 +179,30 @@ def train_sad(data: list[SubjectData], targets: TargetFn, sad_cfg: SADConfig,
                    ((s, rng.permutation(ix)) for s, ix in tr.items())
                    for i in range(0, len(idx), tcfg.batch_size)]
         rng.shuffle(batches)
-        sums = {"loss": 0.0, "mse": 0.0, "refine": 0.0, "softclip": 0.0}
+        sums: dict[str, float] = {}
         for s, idx in batches:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             step += 1
             ti = torch.from_numpy(idx)
-            terms = model.losses(Xt[s][ti], s, Y[s][ti])
+            terms = model.losses(Xt[s][ti], s, _index(Y[s], ti))
             opt.zero_grad()
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            for k in sums:
-                sums[k] += float(terms[k].detach()) / len(batches)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)
             bar.update(1)
         val = evaluate_loss(model, Xt, Y, va)
         row = {"epoch": epoch + 1, **{f"train_{k}": round(v, 6) for k, v in sums.items()},
-               "val_mse": round(val, 6), "lr": opt.param_groups[0]["lr"],
+               "val_error": round(val, 6), "lr": opt.param_groups[0]["lr"],
                "minutes": round((time.perf_counter() - t0) / 60, 2)}
         history.append(row)
         bar.set_postfix(train=f"{sums['loss']:.4f}", val=f"{val:.4f}")
         if val < best or (math.isnan(val) and epoch + 1 == tcfg.epochs):  # no val: keep last
             best = val
             save_checkpoint(model, out, {**(meta or {}), "train": asdict(tcfg),
-                                         "best_epoch": epoch + 1, "val_mse": val})
+                                         "best_epoch": epoch + 1, "val_error": val})
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                     "epoch": epoch + 1, "best": best,
                     "history": history}, state_path)
@@ -156,21 +210,20 @@ def train_sad(data: list[SubjectData], targets: TargetFn, sad_cfg: SADConfig,
         if tcfg.max_minutes and (time.perf_counter() - t0) / 60 > tcfg.max_minutes:
             break
     bar.close()
-    return {"best_val_mse": best, "epochs": len(history),
+    return {"best_val_error": best, "epochs": len(history),
             "minutes": round((time.perf_counter() - t0) / 60, 2)}
 
 
 @torch.no_grad()
-def evaluate_loss(model: SAD, Xt: dict, Y: dict, idx: dict) -> float:
-    """Validation MSE of the backbone estimate (cheap, deterministic)."""
+def evaluate_loss(model: SAD | MAD, Xt: dict, Y: dict, idx: dict) -> float:
+    """Validation error (the model's ``val_error``: an MSE), window-weighted over subjects."""
     model.eval()
     errs, n = 0.0, 0
     for s, ix in idx.items():
         if len(ix) == 0:
             continue
         ti = torch.from_numpy(ix)
-        est = model.estimate(model.encode(Xt[s][ti], s))
-        errs += float(((est - Y[s][ti]) ** 2).mean()) * len(ix)
+        errs += model.val_error(Xt[s][ti], s, _index(Y[s], ti)) * len(ix)
         n += len(ix)
     return errs / n if n else math.nan
 
@@ -189,8 +242,9 @@ def _write_curve(out: Path, history: list[dict]) -> None:
         return
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(ep, [h["train_mse"] for h in history], label="train mse")
-    ax.plot(ep, [h["val_mse"] for h in history], label="val mse")
+    key = "train_mse" if "train_mse" in history[0] else "train_l1"
+    ax.plot(ep, [h[key] for h in history], label=key.replace("_", " "))
+    ax.plot(ep, [h["val_error"] for h in history], label="val mse")
     ax.set_xlabel("epoch")
     ax.legend()
     fig.tight_layout()
