@@ -95,8 +95,22 @@ def n_way_identification(pred: np.ndarray, pred_clip: np.ndarray, bank: np.ndarr
     candidates for some clip.
     """
     S = _corr_matrix(pred.astype(np.float64), bank.astype(np.float64))
+    return n_way_from_scores(S, pred_clip, bank, bank_clip, n_way, trials, rng)
+
+
+def n_way_from_scores(S: np.ndarray, pred_clip: np.ndarray, bank: np.ndarray,
+                      bank_clip: np.ndarray, n_way: int, trials: int,
+                      rng: np.random.Generator) -> tuple[float, float] | None:
+    """The N-way trial protocol on a ready score matrix (higher = more like that clip).
+
+    ``S[i, j]`` scores bank clip ``bank_clip[j]`` for decoded sample ``i`` whose true clip is
+    ``pred_clip[i]``. ``bank`` rows only define the distractors: bank clips whose row differs
+    from the true clip's. Each trial draws ``n_way - 1`` distinct distractors; a hit is a true
+    score strictly above all of theirs. Returns ``(accuracy, pm)`` or None when some clip has
+    fewer than ``n_way - 1`` distractors.
+    """
     pos = {int(c): i for i, c in enumerate(bank_clip)}
-    hits = np.zeros(len(pred))
+    hits = np.zeros(len(pred_clip))
     for i, c in enumerate(pred_clip):
         t = pos[int(c)]
         cand = np.flatnonzero(np.any(bank != bank[t], axis=1))
@@ -106,7 +120,7 @@ def n_way_identification(pred: np.ndarray, pred_clip: np.ndarray, bank: np.ndarr
         draws = cand[np.argpartition(keys, n_way - 2, axis=1)[:, : n_way - 1]]
         hits[i] = np.mean(S[i, t] > S[i, draws].max(axis=1))
     p = float(hits.mean())
-    return p, float(np.sqrt(p * (1 - p) / len(pred)))
+    return p, float(np.sqrt(p * (1 - p) / len(pred_clip)))
 
 
 def group_accuracy(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
