@@ -851,9 +851,13 @@ def eval_cmd(
             if oracle:
                 from .models.oracle import oracle_identification
 
-                o = oracle_identification(root, s, cfg, trials=trials)
-                for cond in ("single_trial", "averaged"):
-                    r[cond]["oracle"] = o[cond]
+                try:
+                    o = oracle_identification(session, cfg=cfg, trials=trials)
+                except DataError as exc:  # real data: no simulator to ask
+                    typer.echo(f"oracle skipped: {exc}", err=True)
+                else:
+                    for cond in ("single_trial", "averaged"):
+                        r[cond]["oracle"] = o[cond]
             if mad is not None and s in mad.cfg.subjects:
                 frames, _ = load_stimuli(root)
                 test_ids = np.unique(w["single_trial"].clip_ids)

@@ -58,6 +58,7 @@ class ToyVAEConfig:
     seed: int = 0
     checkpoint_every: int = 100
     val_fraction: float = 0.05
+    val_frames: int = 256         # held-out frames scored (PSNR) at every checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,7 +95,7 @@ def build_vae(cfg: ToyVAEConfig):
 
 def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``(..., H, W, 3)`` → float ``(N, 3, H, W)`` in [-1, 1] (the diffusers range)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).reshape(-1, *frames.shape[-3:])
+    x = torch.from_numpy(np.array(frames, copy=True)).reshape(-1, *frames.shape[-3:])
     return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
@@ -215,7 +216,9 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: ToyVAEConfig, *,
               progress: bool = True, resume: bool = True, max_minutes: float | None = None,
               threads: int | None = None) -> ToyVAE:
     """Train the toy VAE on a session's training-clip frames (resumable; batches are a pure
-    function of (seed, step), so a resumed run equals an uninterrupted one)."""
+    function of (seed, step), so a resumed run equals an uninterrupted one). Training settings
+    (``steps`` etc.) may change on resume; the schedule then follows them from the current
+    step."""
     from .clip import load_stimuli
 
     if threads:
@@ -228,7 +231,8 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: ToyVAEConfig, *,
     train_ids, val_ids = split_frames(frames, records, cfg)
     n_frames = frames.shape[1]
     val_rng = np.random.default_rng([cfg.seed, 8])
-    val_idx = (val_ids[val_rng.integers(0, len(val_ids), 256)], val_rng.integers(0, n_frames, 256))
+    nv = cfg.val_frames
+    val_idx = (val_ids[val_rng.integers(0, len(val_ids), nv)], val_rng.integers(0, n_frames, nv))
     val_frames = np.asarray(frames[val_idx[0], val_idx[1]])
 
     torch.manual_seed(cfg.seed)
@@ -238,9 +242,13 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: ToyVAEConfig, *,
     state_path = out / STATE_FILE
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["config"] != cfg.to_dict():
-            raise ValueError(f"{state_path}: saved config differs from this one; pass "
-                             "resume=False or another out_dir")
+        arch = ("image_size", "block_out_channels", "layers_per_block", "latent_channels",
+                "norm_num_groups", "seed")
+        diff = [k for k in arch if tuple(np.atleast_1d(state["config"].get(k)))
+                != tuple(np.atleast_1d(cfg.to_dict()[k]))]
+        if diff:
+            raise ValueError(f"{state_path}: saved model differs from this config in {diff}; "
+                             "pass resume=False or another out_dir")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
@@ -280,7 +288,8 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: ToyVAEConfig, *,
         for g in opt.param_groups:
             g["lr"] = lr
         post = model.encode(x).latent_dist
-        y = model.decode(post.sample()).sample
+        noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        y = model.decode(post.sample(generator=noise)).sample
         l1 = (y - x).abs().mean()
         lg = _grad_l1(y, x)
         kl = post.kl().mean() / x[0].numel()
