@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rtdecode-installed
 
-.PHONY: demo test venv lint bench-simulate clean
+.PHONY: demo test venv lint bench-simulate eval zoo clean
 
 venv:
 	@hash=$$(sha256sum pyproject.toml | cut -c1-64); \
@@ -29,6 +29,29 @@ lint: venv
 
 bench-simulate: venv
 	$(PY) bench/simulate_study.py
+
+# The shipped toy zoo's numbers (README "Decoders"): the shipped checkpoints on the study
+# session (simulated deterministically into data/study if absent; ~1.4 GB).
+eval: venv
+	$(VENV)/bin/rtdecode eval
+
+# Retrain the whole toy zoo from scratch on 2 cores (about 1.5 hours) and pack it as the
+# shipped float16 copy in rtdecode/zoo/weights. Every step resumes if interrupted.
+STUDY ?= data/study
+RT := $(VENV)/bin/rtdecode
+TRAIN_SAD := $(RT) train sad --data $(STUDY) --config configs/study.toml --clip runs/zoo/clip --epochs 12
+zoo: venv
+	test -f $(STUDY)/simulation.json || $(RT) simulate $(STUDY) --preset study --subjects 1 --seed 0
+	$(RT) train clip --data $(STUDY) --out runs/zoo/clip --steps 600
+	$(RT) train vae --data $(STUDY) --out runs/zoo/vae --steps 600
+	$(TRAIN_SAD) --out runs/zoo/sad
+	$(TRAIN_SAD) --preset mlp --out runs/zoo/mlp
+	$(TRAIN_SAD) --noise-free --out runs/zoo/noise_free
+	$(RT) train mad --data $(STUDY) --config configs/study.toml --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/mad --epochs 12
+	$(TRAIN_SAD) --levels motion,holistic --out runs/ablations/without_anchor
+	$(TRAIN_SAD) --levels anchor,holistic --out runs/ablations/without_motion
+	$(TRAIN_SAD) --levels anchor,motion --out runs/ablations/without_holistic
+	$(RT) zoo pack runs/zoo rtdecode/zoo/weights
 
 clean:
 	rm -rf data runs .pytest_cache

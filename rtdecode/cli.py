@@ -207,6 +207,11 @@ def _session_matches(root: Path, sim) -> bool:
         return False
 
 
+#: The shipped toy zoo: fp16 checkpoints trained on ``configs/study.toml``'s session.
+ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
+STUDY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "study.toml"
+
+
 train_app = typer.Typer(help="Train decoders on a session.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -487,6 +492,29 @@ def subscribe(
             fh.close()
 
 
+zoo_app = typer.Typer(help="The toy model zoo.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("pack")
+def zoo_pack(
+    src: Annotated[Path, typer.Argument(help="Folder of trained checkpoints (clip/, vae/, "
+                                             "sad/, mlp/, noise_free/, mad/).")
+                   ] = Path("runs/zoo"),
+    dst: Annotated[Path, typer.Argument(help="Where the float16 copies go.")] = ZOO_DIR,
+) -> None:
+    """Pack trained checkpoints as the shipped zoo: float16 weights, configs, loss curves."""
+    from .zoo.pack import pack_zoo
+
+    try:
+        sizes = pack_zoo(src, dst)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for name, n in sizes.items():
+        typer.echo(f"{name:12} {n / 1e6:7.2f} MB")
+    typer.echo(f"{'total':12} {sum(sizes.values()) / 1e6:7.2f} MB -> {dst}")
+
+
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -754,11 +782,6 @@ def train_mad_cmd(
     summary = train_mad(windows, targets, mad_cfg, tcfg, out, meta)
     typer.echo(f"saved {out}: best validation latent mse {summary['best_val_error']:.4f} "
                f"after {summary['epochs']} epochs, {summary['minutes']} min")
-
-
-#: The shipped toy zoo: fp16 checkpoints trained on ``configs/study.toml``'s session.
-ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
-STUDY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "study.toml"
 
 
 def _ensure_session(cfg, root: Path) -> None:

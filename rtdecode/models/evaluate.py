@@ -7,8 +7,11 @@ dim)``, what SAD regresses (the paper's 3 x 77 x 768 with real CLIP).
 Caption identification (``caption_2way``, ``caption_50way``): a decoded clip's pooled
 semantics (mean over tokens, the three levels concatenated) must correlate more with its own
 clip's target than with N-1 random other test clips' (100 trials per decoded clip; ``pm`` =
-sqrt(p(1-p)/n)). Single-trial: each test repeat decoded on its own; averaged: the windows of
-a clip's repeats averaged first.
+sqrt(p(1-p)/n)). Decoded and true vectors are first centred on the mean *training* caption
+(fixed before any test clip is seen): raw CLIP token states share one large caption-template
+direction that otherwise dominates every correlation (ridge's 50-way rose from 0.27 to 0.39
+with it on the study session). Single-trial: each test repeat decoded on its own; averaged:
+the windows of a clip's repeats averaged first.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class CaptionTargets:
         tok = clip_model.encode_text_tokens(texts)[:, :n_tokens]
         self.array = tok.reshape(len(self.ids), len(levels), n_tokens, -1).astype(np.float32)
         self._row = {int(c): i for i, c in enumerate(self.ids)}
+        train = [i for i, c in enumerate(self.ids) if clips[int(c)].get("split") == "train"]
+        #: Mean pooled training target: the origin identification correlates around.
+        self.center = pooled(self.array[train or slice(None)]).mean(axis=0)
         self.levels = tuple(levels)
 
     def __call__(self, clip_ids: np.ndarray) -> np.ndarray:
@@ -55,9 +61,14 @@ def pooled(tokens: np.ndarray) -> np.ndarray:
 
 def identification(pred_pooled: np.ndarray, clip_ids: np.ndarray,
                    targets: Callable[[np.ndarray], np.ndarray], trials: int = 100,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, center: np.ndarray | None = None) -> dict:
+    """N-way caption identification; ``center`` defaults to ``targets.center``."""
     bank_ids = np.unique(clip_ids)
     bank = pooled(targets(bank_ids))
+    if center is None:
+        center = getattr(targets, "center", None)
+    if center is not None:
+        pred_pooled, bank = pred_pooled - center, bank - center
     rng = np.random.default_rng(seed)
     out = {"n_decoded": int(len(pred_pooled))}
     for n in (2, 50):
@@ -144,7 +155,9 @@ def _level_id(tok: np.ndarray, clip_ids: np.ndarray, targets: CaptionTargets,
               level_idx: list[int], trials: int) -> dict:
     def sub(ids: np.ndarray) -> np.ndarray:
         return targets(ids)[:, level_idx]
-    r = identification(pooled(tok), clip_ids, sub, trials)
+    d = targets.dim
+    center = np.concatenate([targets.center[j * d:(j + 1) * d] for j in level_idx])
+    r = identification(pooled(tok), clip_ids, sub, trials, center=center)
     return {k: r[k] for k in ("caption_2way", "caption_50way")}
 
 

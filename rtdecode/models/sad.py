@@ -153,6 +153,12 @@ class SAD(nn.Module):
         n_out = len(cfg.levels) * cfg.n_tokens * cfg.token_dim
         self.head = nn.Linear(cfg.hidden, n_out)
         self.refiner = Refineformer(cfg) if cfg.use_refiner else None
+        # Targets are learned standardised per (level, token, dim) with the training targets'
+        # statistics (set by the trainer, saved with the weights): the shared caption
+        # template dominates raw CLIP token states, the clip-specific part is small.
+        shape = (len(cfg.levels), cfg.n_tokens, cfg.token_dim)
+        self.register_buffer("target_mean", torch.zeros(shape))
+        self.register_buffer("target_std", torch.ones(shape))
         betas = torch.linspace(1e-4, 0.02, cfg.diffusion_steps, device="cpu")
         alpha_bar = torch.cumprod(1 - betas, 0)
         self._ab = alpha_bar.tolist()  # python floats for sampling (any device, even meta)
@@ -174,15 +180,30 @@ class SAD(nn.Module):
         return self.backbone(self.proj[subject](x))
 
     def estimate(self, h: torch.Tensor) -> torch.Tensor:
-        """Backbone estimate of the targets: (B, levels, tokens, dim)."""
+        """Backbone estimate of the *standardised* targets: (B, levels, tokens, dim)."""
         c = self.cfg
         return self.head(h).view(-1, len(c.levels), c.n_tokens, c.token_dim)
+
+    @torch.no_grad()
+    def set_target_stats(self, targets: torch.Tensor) -> None:
+        """Standardisation from training targets (n, levels, tokens, dim); a floor of a tenth
+        of the median keeps near-constant positions (padding) from being blown up."""
+        mean, std = targets.mean(0), targets.std(0)
+        self.target_mean.copy_(mean)
+        self.target_std.copy_(std.clamp_min(0.1 * float(std.median()) + 1e-8))
+
+    def standardize(self, target: torch.Tensor) -> torch.Tensor:
+        return (target - self.target_mean) / self.target_std
+
+    def unstandardize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.target_std + self.target_mean
 
     # ------------------------------------------------------------------ training
 
     def losses(self, x: torch.Tensor, subject: str, target: torch.Tensor) -> dict:
         """``target``: (B, levels, tokens, dim). Returns the loss terms and their total."""
         c = self.cfg
+        target = self.standardize(target)
         h = self.encode(x, subject)
         est = self.estimate(h)
         l_mse = F.mse_loss(est, target)
@@ -209,7 +230,8 @@ class SAD(nn.Module):
     @torch.no_grad()
     def val_error(self, x: torch.Tensor, subject: str, target: torch.Tensor) -> float:
         """Validation MSE of the backbone estimate (cheap, deterministic)."""
-        return float(F.mse_loss(self.estimate(self.encode(x, subject)), target))
+        return float(F.mse_loss(self.estimate(self.encode(x, subject)),
+                                self.standardize(target)))
 
     # ------------------------------------------------------------------ inference
 
@@ -223,7 +245,7 @@ class SAD(nn.Module):
         h = self.encode(x, subject)
         est = self.estimate(h)
         if steps <= 0 or self.refiner is None:
-            return est
+            return self.unstandardize(est)
         B, L = est.shape[:2]
         cond = h.repeat_interleave(L, dim=0)
         level = torch.arange(L, device=x.device).repeat(B)
@@ -238,7 +260,7 @@ class SAD(nn.Module):
             ab, ab_next = self._ab[t], self._ab[t_next]
             eps = (xt - math.sqrt(ab) * x0) / max(math.sqrt(1 - ab), 1e-6)
             xt = math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next) * eps
-        return x0.view(B, L, c.n_tokens, c.token_dim)
+        return self.unstandardize(x0.view(B, L, c.n_tokens, c.token_dim))
 
 
 def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float,
@@ -281,7 +303,7 @@ def adapt_subject(model: SAD, label: str, X, Y, *, epochs: int = 30, lr: float =
         for i in range(0, len(order), batch_size):
             idx = order[i: i + batch_size]
             est = model.estimate(model.encode(Xt[idx], label))
-            loss = F.mse_loss(est, Yt[idx])
+            loss = F.mse_loss(est, model.standardize(Yt[idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()

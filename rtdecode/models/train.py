@@ -160,6 +160,8 @@ def train_decoder(build: Callable[[], SAD | MAD], data: list[SubjectData], targe
         frac = min(1.0, (step - warm) / max(1, total - warm))
         return 0.5 * tcfg.lr * (1 + math.cos(math.pi * frac))
     Y = {d.label: _as_tensor(targets(d.clip_ids)) for d in data}
+    if hasattr(model, "set_target_stats"):  # from the training windows only
+        model.set_target_stats(torch.cat([Y[s][torch.from_numpy(ix)] for s, ix in tr.items()]))
     Xt = {d.label: torch.from_numpy(d.X) for d in data}
     state_path = out / "train_state.pt"
     start_epoch, best, history = 0, math.inf, []
