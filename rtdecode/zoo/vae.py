@@ -47,7 +47,7 @@ class ToyVAEConfig:
     block_out_channels: tuple[int, ...] = (16, 32, 64)  # 3 blocks: two downsamples, 64 → 16
     layers_per_block: int = 1
     latent_channels: int = 4
-    norm_num_groups: int = 16
+    norm_num_groups: int = 4       # small groups: 1-channel groups (instance norm) lose colour
     # training
     batch_size: int = 32
     lr: float = 1e-3
