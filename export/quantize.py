@@ -9,6 +9,7 @@ identification of both when the clips' targets are at hand.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -26,8 +27,14 @@ def quantize_int8(src: str | Path, dst: str | Path) -> dict:
     # weights and its shape inference then trips over the stale entries. They are optional.
     del model.graph.value_info[:]
     n_fixed = pretranspose_gemm_weights(model)
-    quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8,
-                     use_external_data_format=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's generic "consider pre-processing" advice
+    try:
+        quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8,
+                         use_external_data_format=True)
+    finally:
+        root.setLevel(level)
     del model
     return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
             "gemm_weights_pretransposed": n_fixed,
