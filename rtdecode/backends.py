@@ -313,19 +313,10 @@ class TensorRTEngine(_NoisySampler):
     name = "tensorrt"
 
     def __init__(self, plan: str | Path, manifest: dict, *, seed: int = 0):
-        try:
-            import tensorrt as trt
-        except ImportError as exc:
-            raise BackendUnavailable(f"tensorrt: the tensorrt package is not installed "
-                                     f"({exc}); it needs an NVIDIA GPU and CUDA") from None
-        try:
-            import torch
-        except ImportError as exc:
-            raise BackendUnavailable(f"tensorrt: torch (for CUDA buffers) is missing ({exc})"
-                                     ) from None
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("tensorrt: no CUDA GPU visible (torch.cuda.is_available()"
-                                     " is False)")
+        tensorrt_ready()
+        import tensorrt as trt
+        import torch
+
         built = manifest.get("backend", {})
         gpu = torch.cuda.get_device_name(0)
         if built.get("tensorrt") != trt.__version__ or built.get("gpu") != gpu:
@@ -365,6 +356,23 @@ class TensorRTEngine(_NoisySampler):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         self._stream.synchronize()
         return outs["tokens"].cpu().numpy(), outs["pooled"].cpu().numpy()
+
+
+def tensorrt_ready() -> None:
+    """Raise :class:`BackendUnavailable` naming what the native TensorRT backend lacks."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(f"tensorrt: the tensorrt package is not installed ({exc}); "
+                                 "it needs an NVIDIA GPU and CUDA") from None
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailable(f"tensorrt: torch (for CUDA buffers) is missing ({exc})"
+                                 ) from None
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("tensorrt: no CUDA GPU visible (torch.cuda.is_available() "
+                                 "is False)")
 
 
 def ort_tensorrt_options(record: EngineRecord, fp16: bool = True) -> dict[str, dict]:
@@ -440,8 +448,13 @@ def _open_backend(backend: str, want: dict, engine_cfg) -> tuple[object, EngineR
             "steps": want["steps"]}
     if backend == "onnxruntime":
         artifact = "onnx-int8" if engine_cfg.int8 else "onnx"
-        rec = given if given is not None and given.artifact == artifact else \
-            find_engine(store, artifact=artifact, **look)
+        if given is not None and given.artifact in ("onnx", "onnx-int8"):
+            rec = given  # the engine folder named on the command line is the choice
+            if given.artifact != artifact:
+                log.warning("%s is an %s engine; [engine] int8 = %s is ignored", given.path,
+                            given.artifact, engine_cfg.int8)
+        else:
+            rec = find_engine(store, artifact=artifact, **look)
         opts = ort_tensorrt_options(rec, engine_cfg.precision == "fp16") \
             if "TensorrtExecutionProvider" in engine_cfg.providers else None
         eng = OnnxRuntimeEngine(rec.file, providers=tuple(engine_cfg.providers),
@@ -458,6 +471,7 @@ def _open_backend(backend: str, want: dict, engine_cfg) -> tuple[object, EngineR
                                           threads=engine_cfg.threads, seed=engine_cfg.seed)
         return eng, rec
     if backend == "tensorrt":
+        tensorrt_ready()  # name what is missing before looking for a plan
         rec = given if given is not None and given.artifact == "tensorrt" else \
             find_engine(store, artifact="tensorrt", precision=engine_cfg.precision, **look)
         return TensorRTEngine(rec.file, rec.manifest, seed=engine_cfg.seed), rec

@@ -661,9 +661,11 @@ def export_cmd(
         acc = m.get("accuracy")
         if acc:
             line += f"  int8 vs fp32 pooled corr {acc['pooled_corr_mean']:.4f}"
-            if "caption_50way_fp32" in acc:
+            if acc.get("caption_50way_fp32") is not None:
                 line += (f", caption 50-way {acc['caption_50way_fp32']:.3f} -> "
                          f"{acc['caption_50way_int8']:.3f}")
+            elif acc.get("caption_top1_agreement") is not None:
+                line += f", caption top-1 agreement {acc['caption_top1_agreement']:.3f}"
         typer.echo(line)
 
 
