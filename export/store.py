@@ -338,7 +338,7 @@ def _int8_accuracy(req, spec, fp32: EngineRecord, int8_path: Path, cache, measur
                       spec, inputs, bank=bd.bank, clip_ids=ids, targets=bd.targets)
         rep["inputs"] = "real test windows"
     else:
-        inputs = spec.sample_inputs(64, seed=7)
+        inputs = spec.sample_inputs(16, seed=7)
         rep = measure(ort_session(fp32.file, threads=0), ort_session(int8_path, threads=0),
                       spec, inputs)
         rep["inputs"] = "random (no --data)"
