@@ -153,10 +153,15 @@ def check_onnx(path: str | Path, spec: ExportSpec | None = None) -> None:
                     raise ExportError(f"{path}: axis {i} of {t.name} is {d}, spec {s}")
 
 
-def ort_session(path: str | Path, threads: int = 1, providers=("CPUExecutionProvider",)):
+def ort_session(path: str | Path, threads: int = 1, providers=("CPUExecutionProvider",),
+                lean: bool = True):
+    """A CPU session for checks; ``lean`` skips weight pre-packing (a second copy of every
+    MatMul weight: speed we do not need here, memory the paper preset does not have)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if lean:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

@@ -208,6 +208,9 @@ def export_built(built: Built, req: ExportRequest, progress: bool = True) -> lis
     kin = key_inputs(spec, wsha, "onnx", opset=req.opset, bank=bsrc)
     key = engine_key(kin)
     rec = None if req.force else store.get(spec, "onnx", key)
+    if rec is None and built.module is None:
+        raise ValueError(f"no fp32 engine with key {key[:12]} in {store.root} and no module "
+                         "to export it from")
     if rec is None:
         bar.set_postfix_str("onnx export + parity")
         tmp = store.begin(spec, "onnx", key)

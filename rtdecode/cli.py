@@ -645,7 +645,7 @@ def export_cmd(
                             config=config, force=force)
         outcomes = export_checkpoint(req, progress=not as_json)
     except (ConfigError, DataError, ValueError, KeyError, FileNotFoundError,
-            RuntimeError) as exc:
+            RuntimeError, MemoryError) as exc:
         _fail(str(exc))
     if as_json:
         typer.echo(json.dumps([o.record.manifest for o in outcomes], indent=2))
