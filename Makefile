@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rtdecode-installed
 
-.PHONY: demo test venv lint bench-simulate clean
+.PHONY: demo test venv lint bench-simulate bench-startup clean
 
 venv:
 	@hash=$$(sha256sum pyproject.toml | cut -c1-64); \
@@ -29,6 +29,11 @@ lint: venv
 
 bench-simulate: venv
 	$(PY) bench/simulate_study.py
+
+# serve start-up time and RSS, onnxruntime vs torch; needs `rtdecode export --model
+# runs/zoo/sad --data DATA` first (override with MODEL=... STORE=...)
+bench-startup: venv
+	$(PY) bench/serve_startup.py --model $(or $(MODEL),runs/zoo/sad) --store $(or $(STORE),engines)
 
 clean:
 	rm -rf data runs .pytest_cache

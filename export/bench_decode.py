@@ -43,6 +43,21 @@ def time_engine(engine, x: np.ndarray, iters: int, warmup: int = 3) -> dict:
             "mean_ms": round(float(np.mean(ts) * 1e3), 3), "n": iters}
 
 
+def _release_memory() -> float:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them
+    otherwise); returns the process RSS in MB."""
+    import ctypes
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    from rtdecode.bench import rss_mb
+
+    return round(rss_mb(), 1)
+
+
 def _model(preset: str, checkpoint: Path | None, voxels: int, seed: int):
     import torch
 
@@ -98,7 +113,7 @@ def bench_decode(presets: tuple[str, ...] = ("toy", "paper"), *,
             say(f"[{preset}] torch p50 {r['torch']['p50_ms']} ms; int8 quantization ...")
             # torch's copy of the weights goes before quantizing (its peak is ~5x them)
             del graph, model
-            gc.collect()
+            r["rss_mb_before_int8"] = _release_memory()
             t0 = time.perf_counter()
             try:
                 out = export_built(Built(None, spec, source),
@@ -113,7 +128,7 @@ def bench_decode(presets: tuple[str, ...] = ("toy", "paper"), *,
             eng = OnnxRuntimeEngine(fp32.file, threads=threads, seed=seed)
             r["onnxruntime"] = time_engine(eng, x, iters[preset])
             del eng
-            gc.collect()
+            _release_memory()
             if int8 is not None:
                 eng = OnnxRuntimeEngine(int8.file, threads=threads, seed=seed)
                 r["onnxruntime_int8"] = time_engine(eng, x, iters[preset])
