@@ -418,8 +418,10 @@ def _resolve(model_dir: Path, engine_cfg, subject: str | None) -> dict:
         if subject and subject != rec.spec["subject"]:
             raise ValueError(f"{model_dir}: engine is for subject {rec.spec['subject']!r}, "
                              f"not {subject!r}")
-        ckpt = Path(src.get("checkpoint_resolved", src.get("checkpoint", "")))
-        return {"engine": rec, "checkpoint": ckpt if (ckpt / SAD_WEIGHTS).is_file() else None,
+        where = src.get("checkpoint_resolved") or src.get("checkpoint")
+        ckpt = Path(where) if where else None
+        return {"engine": rec,
+                "checkpoint": ckpt if ckpt and (ckpt / SAD_WEIGHTS).is_file() else None,
                 "weights_sha256": src["weights_sha256"], "subject": rec.spec["subject"],
                 "steps": rec.spec["options"]["steps"], "trained_on": src.get("trained_on", {})}
     meta = read_sad_checkpoint(model_dir)
