@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rtdecode-installed
 
-.PHONY: demo test venv lint bench-simulate eval zoo clean
+.PHONY: demo test venv lint bench-simulate bench-startup eval zoo clean
 
 venv:
 	@hash=$$(sha256sum pyproject.toml | cut -c1-64); \
@@ -52,6 +52,11 @@ zoo: venv
 	$(TRAIN_SAD) --levels anchor,holistic --out runs/ablations/without_motion
 	$(TRAIN_SAD) --levels anchor,motion --out runs/ablations/without_holistic
 	$(RT) zoo pack runs/zoo rtdecode/zoo/weights
+
+# serve start-up time and RSS, onnxruntime vs torch; needs `rtdecode export --model
+# runs/zoo/sad --data DATA` first (override with MODEL=... STORE=...)
+bench-startup: venv
+	$(PY) bench/serve_startup.py --model $(or $(MODEL),runs/zoo/sad) --store $(or $(STORE),engines)
 
 clean:
 	rm -rf data runs .pytest_cache

@@ -265,6 +265,17 @@ def _load_or_train_model(cfg, model_dir: Path | None, subject: str):
     return model
 
 
+def _load_decoder(cfg, model_dir: Path | None, subject: str):
+    """``--model``: a SAD checkpoint or an engine folder (run by ``[engine] backend``), or a
+    ridge model directory (numpy); none: the default ridge model of ``subject``."""
+    if model_dir is not None:
+        from .backends import is_neural_model_dir, load_neural_decoder
+
+        if is_neural_model_dir(model_dir):
+            return load_neural_decoder(model_dir, cfg.engine, subject)
+    return _load_or_train_model(cfg, model_dir, subject)
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -274,9 +285,12 @@ def serve(
                       ] = None,
     publish: Annotated[str | None, typer.Option(help="Where to bind the output PUB socket "
                                                      "(default: stream.publish).")] = None,
-    model: Annotated[Path | None, typer.Option(help="Trained model directory (default: the "
-                                                    "ridge model of --subject, trained on "
-                                                    "first use).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Trained model directory: a ridge model, "
+                                                    "a SAD checkpoint or an engine folder "
+                                                    "(SAD runs on [engine] backend; build its "
+                                                    "engine with `rtdecode export`). Default: "
+                                                    "the ridge model of --subject, trained on "
+                                                    "first use.")] = None,
     subject: Annotated[str, typer.Option(help="Subject whose default model to use.")] = "sub-01",
     session: Annotated[str, typer.Option(help="Session label for volumes that carry "
                                               "none.")] = "",
@@ -313,7 +327,7 @@ def serve(
         cfg = load_config(config)
         ep = parse_endpoint(source or cfg.stream.source)
         pub_uri = check_publish(publish or cfg.stream.publish)
-        dec = _load_or_train_model(cfg, model, subject)
+        dec = _load_decoder(cfg, model, subject)
         mask_arr = None
         if mask is not None:
             import numpy as np
@@ -329,8 +343,13 @@ def serve(
                                     "(the model was trained on another voxel space)")
         src = open_source(ep, recv_timeout_s=idle_exit, stop_on_eos=once,
                           max_bytes=int(cfg.stream.max_message_mb * 2**20))
-    except (ConfigError, DataError, ValueError, FileNotFoundError, TimeoutError) as exc:
+    except (ConfigError, DataError, ValueError, FileNotFoundError, TimeoutError,
+            RuntimeError) as exc:
         _fail(str(exc))
+    if dec.meta.get("kind") == "sad":
+        typer.echo(f"decoder: SAD {dec.meta['subject']} ({dec.meta['steps']} steps) via "
+                   f"{dec.meta['backend']}, engine {dec.meta['engine_key'][:12]} "
+                   f"({dec.meta['engine_path']})", err=True)
     jpath = journal or Path(cfg.stream.journal_dir) / time.strftime("%Y%m%d-%H%M%S.jsonl")
     publisher = ZmqPublisher(pub_uri)
     outlet = None
@@ -560,6 +579,195 @@ def bench_latency_cmd(
                        f"{r['max_speed_tr_per_s']:8.1f}")
     typer.echo(f"throughput (zmq 15k, max speed): {result['throughput_tr_per_s']} TR/s; "
                f"RSS growth over {result['soak_trs']} TRs: {result['rss_growth_mb']} MB")
+
+
+@bench_app.command("decode")
+def bench_decode_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    model: Annotated[Path | None, typer.Option(help="Trained toy SAD checkpoint (default: a "
+                                                    "random toy SAD).")] = None,
+    presets: Annotated[str, typer.Option(help="Comma-separated: toy, paper.")] = "toy,paper",
+    iters: Annotated[int, typer.Option(help="Timed decodes, toy preset.")] = 200,
+    paper_iters: Annotated[int, typer.Option(help="Timed decodes, paper preset.")] = 20,
+    batch: Annotated[int, typer.Option(help="Windows per decode (the daemon decodes "
+                                            "width_trs windows per TR: 2).")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads for every backend (1: fair on a "
+                                              "2-core machine that runs other jobs).")] = 1,
+    voxels: Annotated[int, typer.Option(help="Voxels of the random models.")] = 13447,
+) -> None:
+    """Per-TR decode latency p50/p99: torch eager vs onnxruntime fp32 and int8, toy and paper
+    SAD presets, with ratios and int8 accuracy."""
+    import logging
+
+    from export.bench_decode import bench_decode, format_table
+
+    logging.getLogger("rtdecode").setLevel(logging.ERROR)
+    say = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
+    names = tuple(p.strip() for p in presets.split(",") if p.strip())
+    if not names or set(names) - {"toy", "paper"}:
+        _fail(f"presets {presets!r}: choose from toy, paper")
+    if model is not None and not (model / "sad.safetensors").is_file():
+        _fail(f"{model}: not a SAD checkpoint (no sad.safetensors)")
+    if batch < 1 or threads < 1 or iters < 1 or paper_iters < 1:
+        _fail("batch, threads, iters and paper-iters must be >= 1")
+    result = bench_decode(names, checkpoint=model, iters={"toy": iters, "paper": paper_iters},
+                          batch=batch, threads=threads, voxels=voxels, say=say)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(format_table(result))
+
+
+def _parse_batch(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise ValueError(f"--batch {text!r}: give min,opt,max, e.g. 1,4,32")
+    return parts
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Option(help="Trained checkpoint directory (SAD: holds "
+                                             "sad.safetensors).")],
+    subject: Annotated[str | None, typer.Option(help="Subject whose graph to export (one "
+                                                     "graph per subject; default: the only "
+                                                     "one).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Refineformer steps baked into the graph "
+                                                   "(default: the checkpoint's).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Session: the caption bank (training "
+                                                   "clips) and real inputs for the parity "
+                                                   "check and int8 accuracy.")] = None,
+    clip: Annotated[Path | None, typer.Option(help="Toy CLIP the bank is encoded with "
+                                                   "(default: the checkpoint's).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also build the int8 (dynamic "
+                                                      "quantization) engine.")] = False,
+    tensorrt: Annotated[bool, typer.Option("--tensorrt", help="Also build a TensorRT plan "
+                                                              "(needs TensorRT and a GPU).")
+                        ] = False,
+    precision: Annotated[str, typer.Option(help="TensorRT plan precision: fp16 or fp32.")
+                         ] = "fp16",
+    batch: Annotated[str, typer.Option(help="Batch min,opt,max (the optimization profile).")
+                     ] = "1,4,32",
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    store: Annotated[Path | None, typer.Option(help="Engine store (default: [engine] "
+                                                    "store).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the key exists.")
+                     ] = False,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifests.")] = False,
+) -> None:
+    """Export a checkpoint to ONNX (checked; parity against torch), optionally int8 and a
+    TensorRT plan, into the engine store; reuses an engine whose key already exists."""
+    try:
+        cfg = load_config(config)
+        if precision not in ("fp16", "fp32"):
+            raise ValueError(f"--precision {precision!r}: fp16 or fp32")
+        from export import ExportRequest, export_checkpoint
+
+        req = ExportRequest(model, store=store or Path(cfg.engine.store), subject=subject,
+                            steps=steps, batch=_parse_batch(batch), opset=opset, int8=int8,
+                            tensorrt=tensorrt, precision=precision, data=data, clip=clip,
+                            config=config, force=force)
+        outcomes = export_checkpoint(req, progress=not as_json)
+    except (ConfigError, DataError, ValueError, KeyError, FileNotFoundError,
+            RuntimeError, MemoryError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([o.record.manifest for o in outcomes], indent=2))
+        return
+    for o in outcomes:
+        m = o.record.manifest
+        line = f"{o.status:6} {m['artifact']:9} {o.record.path}"
+        par = m.get("checks", {}).get("parity")
+        if par:
+            line += (f"  parity max abs {par['max_abs']:.2e}, max rel {par['max_rel']:.2e} "
+                     f"(atol {par['atol']:g}, rtol {par['rtol']:g}; sets "
+                     f"{', '.join(par['sets'])}); exporter {m['export']['exporter']}")
+        acc = m.get("accuracy")
+        if acc:
+            line += f"  int8 vs fp32 pooled corr {acc['pooled_corr_mean']:.4f}"
+            if acc.get("caption_50way_fp32") is not None:
+                line += (f", caption 50-way {acc['caption_50way_fp32']:.3f} -> "
+                         f"{acc['caption_50way_int8']:.3f}")
+            elif acc.get("caption_top1_agreement") is not None:
+                line += f", caption top-1 agreement {acc['caption_top1_agreement']:.3f}"
+        typer.echo(line)
+
+
+engines_app = typer.Typer(help="The engine store: list and re-check built engines.",
+                          no_args_is_help=True)
+app.add_typer(engines_app, name="engines")
+StoreOpt = Annotated[Path | None, typer.Option(help="Engine store (default: [engine] store).")]
+
+
+@engines_app.command("list")
+def engines_list(store: StoreOpt = None, config: ConfigOpt = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+                 ) -> None:
+    """Show the built engines: key, model, subject, artifact, steps, parity, size."""
+    from .backends import list_engines
+
+    try:
+        root = store or Path(load_config(config).engine.store)
+    except ConfigError as exc:
+        _fail(str(exc))
+    recs = list_engines(root)
+    if as_json:
+        typer.echo(json.dumps([{"path": str(r.path), **r.manifest} for r in recs], indent=2))
+        return
+    if not recs:
+        typer.echo(f"{root}: no engines (build one with `rtdecode export --model DIR`)")
+        return
+    typer.echo(f"{'key':12} {'kind':5} {'subject':10} {'artifact':9} {'steps':>5} "
+               f"{'batch':>9} {'parity abs':>10} {'MB':>8}  created")
+    for r in recs:
+        m = r.manifest
+        par = m.get("checks", {}).get("parity", {}).get("max_abs")
+        batch = "{min}-{max}".format(**r.spec["batch"])
+        parity = "-" if par is None else f"{par:.1e}"
+        mb = sum(f["bytes"] for f in m.get("files", {}).values()) / 2**20
+        typer.echo(f"{r.key[:12]} {m['kind']:5} {r.spec['subject']:10} {m['artifact']:9} "
+                   f"{r.spec['options'].get('steps', '-')!s:>5} {batch:>9} {parity:>10} "
+                   f"{mb:8.1f}  {m['created']}")
+
+
+@engines_app.command("verify")
+def engines_verify(
+    keys: Annotated[list[str] | None, typer.Argument(help="Key prefixes (default: all).")
+                    ] = None,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip re-running the "
+                                                                "parity check.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-check engines: file hashes, the ONNX checker, whether the checkpoint changed since
+    (stale), and parity against torch. Exit status 1 if any is not ok."""
+    from .backends import list_engines
+
+    try:
+        root = store or Path(load_config(config).engine.store)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from export.store import verify
+
+    recs = [r for r in list_engines(root) if not keys or any(r.key.startswith(k)
+                                                             for k in keys)]
+    if not recs:
+        _fail(f"{root}: no engines{' match ' + ', '.join(keys) if keys else ''}")
+    reports = [verify(r, rerun_parity=not no_parity) for r in recs]
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2))
+    else:
+        for rep in reports:
+            typer.echo(f"{rep['status']:7} {rep['key'][:12]} {rep['path']}")
+            for c in rep["checks"]:
+                typer.echo(f"        {c}")
+    if any(r["status"] != "ok" for r in reports):
+        raise typer.Exit(1)
 
 
 journal_app = typer.Typer(help="Inspect and replay session journals.", no_args_is_help=True)

@@ -132,6 +132,41 @@ class StreamConfig:
             "default 5 ms lets a busy stage hold back a caption that is ready to publish")
 
 
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a neural decoder (SAD) is run: the backend, its engine store, and options.
+
+    The ridge decoder is numpy and ignores this section. An unavailable backend is an error
+    naming what is missing; ``fallback`` lists backends to try next, in order, each switch
+    logged as a warning (never a silent fallback).
+    """
+
+    backend: str = param("onnxruntime", choices=BACKENDS,
+                         doc="torch (eager), onnxruntime or tensorrt (native TensorRT plan)")
+    fallback: tuple[str, ...] = param(default_factory=tuple, choices=BACKENDS,
+                                      doc="backends to try, in order, when `backend` is "
+                                          "unavailable (each switch is logged)")
+    int8: bool = param(False, doc="onnxruntime: the int8 dynamically quantized engine")
+    store: str = param("engines", doc="the engine store, relative to the working directory")
+    providers: tuple[str, ...] = param(
+        default_factory=tuple,
+        choices=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+        doc="onnxruntime execution providers in priority order (empty = CPU); asking for one "
+            "this onnxruntime lacks is an error")
+    threads: int = param(0, ge=0, le=256,
+                         doc="intra-op threads of the torch / onnxruntime engine (0 = their "
+                             "default)")
+    steps: int = param(-1, ge=-1, le=1000,
+                       doc="Refineformer sampling steps of the engine to use (-1 = the "
+                           "checkpoint's sample_steps); baked into an engine at export")
+    seed: int = param(0, ge=0, doc="seed of the sampling-noise generator")
+    precision: str = param("fp16", choices=("fp16", "fp32"),
+                           doc="tensorrt: which built plan to use")
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole rtdecode config file."""
@@ -142,6 +177,7 @@ class Config:
     ridge: RidgeConfig = field(default_factory=RidgeConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     #: Free text naming what the file describes; shown by `rtdecode config`.
     description: str = ""
 

@@ -103,7 +103,7 @@ def mask_hash(mask: np.ndarray | None, n_voxels: int) -> str:
 class DecoderModel:
     """A trained decoder with its caption bank and provenance."""
 
-    engine: RidgeEngine
+    engine: Engine               # RidgeEngine, or a neural backend (rtdecode.backends)
     bank: CaptionBank
     voxels: np.ndarray | None    # indices into the session's masked voxels (None = all)
     meta: dict
@@ -111,6 +111,9 @@ class DecoderModel:
     def save(self, out: str | Path) -> Path:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        if not isinstance(self.engine, RidgeEngine):
+            raise TypeError(f"only ridge models are saved this way, not {self.engine.name!r} "
+                            "(neural decoders live in checkpoints and the engine store)")
         tensors = {"coef": np.ascontiguousarray(self.engine.coef, np.float32),
                    "intercept": np.ascontiguousarray(self.engine.intercept, np.float32),
                    "bank_targets": np.ascontiguousarray(self.bank.targets, np.float32)}

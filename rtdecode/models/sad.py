@@ -246,21 +246,69 @@ class SAD(nn.Module):
         est = self.estimate(h)
         if steps <= 0 or self.refiner is None:
             return self.unstandardize(est)
+        noise = torch.randn(est.shape, generator=generator, device=x.device)
+        return self.unstandardize(self.refine(est, h, noise, steps))
+
+    def refine(self, est: torch.Tensor, h: torch.Tensor, noise: torch.Tensor,
+               steps: int) -> torch.Tensor:
+        """The few-step Refineformer sampling, deterministic given ``noise`` (B, levels,
+        tokens, dim): start at half the schedule from the backbone estimate ``est``
+        (SDEdit-style) and step down in ``steps`` DDIM steps. A plain Python loop over
+        constant timesteps, so tracing it (ONNX export) unrolls it. Works in the
+        standardised target space (see :meth:`set_target_stats`)."""
+        c = self.cfg
         B, L = est.shape[:2]
         cond = h.repeat_interleave(L, dim=0)
-        level = torch.arange(L, device=x.device).repeat(B)
-        x0 = est.reshape(B * L, c.n_tokens, c.token_dim)
-        # Start at half the schedule from the backbone estimate (SDEdit-style), step down.
+        level = torch.arange(L, device=est.device).repeat(B)
+        x0 = est.reshape(-1, c.n_tokens, c.token_dim)
         ts = [round(c.diffusion_steps // 2 * (1 - i / steps)) for i in range(steps + 1)]
-        noise = torch.randn(x0.shape, generator=generator, device=x.device)
         ab = self._ab[ts[0]]
-        xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise
+        xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise.reshape(x0.shape)
         for t, t_next in zip(ts[:-1], ts[1:]):
-            x0 = self.refiner(xt, torch.full((B * L,), t, device=x.device), cond, level)
+            x0 = self.refiner(xt, torch.full((x0.shape[0],), t, device=est.device), cond,
+                              level)
             ab, ab_next = self._ab[t], self._ab[t_next]
             eps = (xt - math.sqrt(ab) * x0) / max(math.sqrt(1 - ab), 1e-6)
             xt = math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next) * eps
-        return self.unstandardize(x0.view(B, L, c.n_tokens, c.token_dim))
+        return x0.reshape(-1, L, c.n_tokens, c.token_dim)
+
+
+class SADGraph(nn.Module):
+    """One subject's decode as a pure function of its inputs — what is exported to ONNX and
+    what the torch eager backend runs, so the two compute the same thing.
+
+    ``forward(x, noise)``: ``x`` (B, voxels) float32, ``noise`` (B, levels, tokens, dim)
+    standard normal (the sampling noise is an *input*, so the graph is deterministic and
+    parity with torch is exact); returns ``tokens`` (B, levels, tokens, dim) and ``pooled``
+    (B, levels * dim): the mean over tokens, levels concatenated
+    (:func:`rtdecode.models.evaluate.pooled`), what the caption bank compares. With
+    ``steps`` = 0 (or no Refineformer) it is the backbone estimate and takes no noise.
+    """
+
+    def __init__(self, model: SAD, subject: str, steps: int):
+        super().__init__()
+        if subject not in model.proj:
+            raise KeyError(f"subject {subject!r} has no projection (have {list(model.proj)})")
+        if steps < 0:
+            raise ValueError(f"steps {steps}: must be >= 0")
+        self.model, self.subject = model, subject
+        self.steps = steps if model.refiner is not None else 0
+
+    @property
+    def uses_noise(self) -> bool:
+        return self.steps > 0
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        h = m.encode(x, self.subject)
+        tokens = m.estimate(h)
+        if self.steps > 0:
+            if noise is None:
+                raise ValueError(f"SADGraph with {self.steps} steps needs a noise input")
+            tokens = m.refine(tokens, h, noise, self.steps)
+        tokens = m.unstandardize(tokens)
+        return tokens, tokens.mean(dim=2).flatten(1)
 
 
 def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float,
