@@ -161,7 +161,7 @@ def load_bank(record: EngineRecord) -> CaptionBank:
     targets = load_file(str(record.path / BANK_TENSORS))["targets"]
     caps = [json.loads(line) for line in (record.path / BANK_FILE).read_text().splitlines()
             if line.strip()]
-    return CaptionBank(targets, caps)
+    return CaptionBank(targets, caps, center=True)
 
 
 # ----------------------------------------------------------------------------- engines

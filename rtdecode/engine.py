@@ -67,18 +67,25 @@ class CaptionBank:
 
     targets: np.ndarray          # (n, dim)
     captions: list[dict]         # n dicts with anchor / motion / holistic (+ basic, clip_id)
+    #: Centre decoded and bank vectors on the bank's mean first (the mean training caption:
+    #: CLIP token states share one large caption-template direction; see models/evaluate).
+    center: bool = False
 
     def __post_init__(self) -> None:
         if len(self.captions) != len(self.targets):
             raise ValueError(f"caption bank has {len(self.captions)} captions but "
                              f"{len(self.targets)} target vectors")
         t = self.targets.astype(np.float32)
+        self._center = t.mean(axis=0) if self.center and len(t) else np.zeros(t.shape[1:],
+                                                                              np.float32)
+        t = t - self._center
         t = t - t.mean(axis=1, keepdims=True)
         self._unit = t / (np.linalg.norm(t, axis=1, keepdims=True) + 1e-12)
 
     def nearest(self, pred: np.ndarray, k: int = 1) -> list[list[tuple[dict, float]]]:
         """Top-``k`` (caption, correlation) per decoded row of ``pred`` ``(batch, dim)``."""
-        p = pred - pred.mean(axis=1, keepdims=True)
+        p = pred - self._center
+        p = p - p.mean(axis=1, keepdims=True)
         p = p / (np.linalg.norm(p, axis=1, keepdims=True) + 1e-12)
         sims = p @ self._unit.T
         if k == 1:

@@ -426,3 +426,23 @@ def test_onnxruntime_tensorrt_and_cuda_providers(world):
             assert dec.engine.providers[0] == p
             x = np.zeros((2, dec.engine.n_inputs), np.float32)
             assert np.isfinite(dec.engine.decode(x)).all()
+
+
+def test_caption_bank_centring_is_retrieval_around_the_bank_mean():
+    """``center=True`` retrieves as if decoded and bank vectors were both shifted by the
+    bank's mean (the mean training caption), and it changes which caption wins."""
+    from rtdecode.engine import CaptionBank
+
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(30, 16)) + rng.normal(size=16) * 5
+    caps = [{"anchor": str(i), "motion": "", "holistic": ""} for i in range(30)]
+    pred = rng.normal(size=(50, 16))
+    mean = bank.mean(axis=0)
+    got = CaptionBank(bank, caps, center=True).nearest(pred, k=3)
+    want = CaptionBank(bank - mean, caps).nearest(pred - mean, k=3)
+    assert [[c["anchor"] for c, _ in r] for r in got] == \
+        [[c["anchor"] for c, _ in r] for r in want]
+    np.testing.assert_allclose([[v for _, v in r] for r in got],
+                               [[v for _, v in r] for r in want], rtol=1e-5)
+    raw = CaptionBank(bank, caps).nearest(pred)
+    assert [r[0][0]["anchor"] for r in raw] != [r[0][0]["anchor"] for r in got]
