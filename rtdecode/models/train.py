@@ -74,13 +74,14 @@ def _kind(model) -> str:
 
 
 def save_checkpoint(model: SAD | MAD, out: Path, meta: dict, fp16: bool = False) -> None:
-    """``{kind}.safetensors`` (weights) + ``config.json`` (``{kind: config, **meta}``)."""
+    """``{kind}.safetensors`` (weights) + ``config.json``: ``meta`` plus ``{kind: config}``
+    (the model's own config wins over a stale one in ``meta``)."""
     kind = _kind(model)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
     save_file(state, str(out / f"{kind}.safetensors"))
-    (out / "config.json").write_text(json.dumps({kind: model.cfg.to_dict(), **meta},
+    (out / "config.json").write_text(json.dumps({**meta, kind: model.cfg.to_dict()},
                                                 indent=2, sort_keys=True) + "\n")
 
 
