@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from rtdecode.backends import file_sha256
+
 DYNAMIC_BATCH = "batch"
 
 
@@ -159,14 +161,6 @@ def detect_kind(checkpoint: str | Path) -> ModelEntry:
         want = ", ".join(f"{e.weights_file} ({e.kind})" for e in REGISTRY.values())
         raise ValueError(f"{p}: not a checkpoint of a known kind (looked for {want})")
     return found[0]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- SAD
