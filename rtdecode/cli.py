@@ -883,6 +883,92 @@ def train_vae_cmd(
                f"latents {vae.latent_shape}")
 
 
+@train_app.command("unet")
+def train_unet_cmd(
+    data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/unet"),
+    clip: Annotated[Path, typer.Option(help="Toy CLIP: the conditioning space.")] = ZOO_DIR / "clip",
+    vae: Annotated[Path, typer.Option(help="Toy VAE: the latent space.")] = ZOO_DIR / "vae",
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 5000,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
+                                                           "this long.")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Train the toy text-conditioned UNet (diffusers UNet2DConditionModel on the toy VAE's
+    latents, cross-attending to the toy CLIP's caption token states); resumable."""
+    import dataclasses
+
+    from .zoo.unet import ToyUNetConfig, prepare_data, train_render_model
+
+    cfg = dataclasses.replace(ToyUNetConfig(), steps=steps)
+    try:
+        rd = prepare_data(data, clip, vae, cfg, cache_dir=out.parent / "render_cache")
+        train_render_model("unet", rd, out, cfg, max_minutes=max_minutes, threads=threads)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    m = json.loads((out / "config.json").read_text())["metrics"]
+    typer.echo(f"saved {out}: validation loss {m['val_loss']} at step {m['step']}")
+
+
+@train_app.command("motion")
+def train_motion_cmd(
+    data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
+    unet: Annotated[Path, typer.Option(help="The trained toy UNet (kept frozen).")
+                    ] = Path("runs/zoo/unet"),
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/motion"),
+    clip: Annotated[Path, typer.Option(help="Toy CLIP: the conditioning space.")] = ZOO_DIR / "clip",
+    vae: Annotated[Path, typer.Option(help="Toy VAE: the latent space.")] = ZOO_DIR / "vae",
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="Clips (of 8 frames) per step.")] = 4,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
+                                                           "this long.")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Train the toy motion module (diffusers MotionAdapter, AnimateDiff-style) on 8-frame
+    clips with the toy UNet frozen; resumable."""
+    import dataclasses
+
+    from .zoo.unet import ToyUNetConfig, prepare_data, train_render_model
+
+    cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, batch_size=batch_size,
+                              checkpoint_every=100, snapshot_every=500, lr=1e-3)
+    try:
+        rd = prepare_data(data, clip, vae, cfg, cache_dir=out.parent / "render_cache")
+        train_render_model("motion", rd, out, cfg, unet_dir=unet, max_minutes=max_minutes,
+                           threads=threads)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    m = json.loads((out / "config.json").read_text())["metrics"]
+    typer.echo(f"saved {out}: validation loss {m['val_loss']} at step {m['step']}")
+
+
+@train_app.command("probe")
+def train_probe_cmd(
+    data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/probe"),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Train the attribute probe (a small CNN on a clip's first and last true frames) that
+    measures render fidelity: background, colour, shape, position, motion."""
+    import numpy as np
+    import torch
+
+    from .render.fidelity import probe_accuracy, train_probe
+    from .zoo.clip import load_stimuli
+
+    torch.set_num_threads(threads)
+    try:
+        frames, records = load_stimuli(data)
+        probe = train_probe(frames, records, out, steps=steps)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    test = [r for r in records if r["split"] == "test"]
+    acc = probe_accuracy(probe, np.asarray(frames[[r["clip_id"] for r in test]]), test)
+    typer.echo(f"saved {out}: accuracy on the true test clips "
+               + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+
+
 @train_app.command("sad")
 def train_sad_cmd(
     data: Annotated[Path | None, typer.Option(help="Session directory (default: the "

@@ -1,0 +1,316 @@
+"""CVR, the conditional video renderer: decoded semantics and motion latents → a video clip.
+
+Three numbered stages, as in SemVideo:
+
+1. **Motion frames**: VAE-decode MAD's per-frame latents into blurry motion frames.
+2. **Anchor frame**: text-to-image img2img from the first motion frame's latent, conditioned on
+   the decoded semantics as prompt embeddings: a sharp keyframe.
+3. **Video**: video-to-video with an AnimateDiff-style motion module (diffusers
+   ``UNetMotionModel``) from the motion latents (SDEdit-style partial noising, so the motion
+   comes from MAD), the first frame tied to the anchor frame (its latent, noised to the current
+   timestep, replaces frame 0 before every denoising step, and exactly at the end).
+
+Few-step sampling (DPM-Solver++ by default; DDIM and Euler too), classifier-free guidance
+optional (``guidance`` > 1 runs the UNet on a zeroed condition as well). :data:`NEUROCLIPS`
+holds NeuroClips' settings (25 DDIM steps, CFG 8.5) for comparison.
+
+Conditioning layouts (``cond_mode``): ``"concat"`` (the toy zoo) feeds the anchor, motion and
+holistic token states concatenated to both stages, the layout the toy UNet was trained on —
+the toy SAD keeps only 16 tokens per level, so one level alone loses words; ``"per_stage"``
+(real SD1.5 weights, 77-token levels) feeds the anchor level to stage 2 and the holistic level to
+stage 3, as the paper does.
+
+Everything here is the diffusers API (models, schedulers); only the three-stage loop is ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SCHEDULERS = ("dpm", "ddim", "euler")
+
+
+@dataclass(frozen=True)
+class CVRSettings:
+    """How a clip is sampled. ``steps`` is the scheduler's step count; stages 2 and 3 run the
+    last ``round(steps · strength)`` of them (img2img/video-to-video semantics)."""
+
+    steps: int = 4
+    scheduler: str = "dpm"
+    guidance: float = 1.0          # classifier-free guidance scale; 1 = off (one UNet pass)
+    anchor_strength: float = 0.8   # stage 2: how far the first motion frame is re-noised
+    video_strength: float = 0.6    # stage 3: how far the motion latents are re-noised
+    tie_first_frame: bool = True
+    use_motion_module: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler {self.scheduler!r}: want one of {SCHEDULERS}")
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps {self.steps}: want 1..1000")
+        if self.guidance < 1.0:
+            raise ValueError(f"guidance {self.guidance}: want >= 1 (1 = no guidance)")
+        for name in ("anchor_strength", "video_strength"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"{name} {v}: want 0 < strength <= 1")
+
+
+#: NeuroClips' sampling settings (25 DDIM steps, CFG 8.5), for the bench's comparison.
+NEUROCLIPS = CVRSettings(steps=25, scheduler="ddim", guidance=8.5)
+
+
+@dataclass
+class RenderOutput:
+    """One rendered clip and its intermediate stages."""
+
+    frames: np.ndarray          # (T, H, W, 3) uint8: the clip
+    motion_frames: np.ndarray   # (T, H, W, 3) uint8: stage 1
+    anchor_frame: np.ndarray    # (H, W, 3) uint8: stage 2
+    seconds: dict[str, float]   # wall time per stage and in total
+    unet_evals: int             # UNet forward passes (a batch counts once)
+
+
+def make_scheduler(name: str, schedule: dict[str, Any]):
+    """A diffusers scheduler of the toy zoo's noise schedule (``clip_sample`` off: latents)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    if name == "dpm":
+        return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++",
+                                           solver_order=2)
+    if name == "ddim":
+        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False,
+                             steps_offset=1)
+    if name == "euler":
+        return EulerDiscreteScheduler(**schedule)
+    raise ValueError(f"scheduler {name!r}: want one of {SCHEDULERS}")
+
+
+class CVR:
+    """The renderer. ``vae`` is a :class:`~rtdecode.zoo.vae.ToyVAE` (or any object with
+    ``encode``/``decode`` between uint8 frames and scaled latents), ``unet`` a diffusers
+    ``UNet2DConditionModel``, ``motion_adapter`` a diffusers ``MotionAdapter`` or None (stage 3
+    then denoises the frames independently)."""
+
+    def __init__(self, vae, unet, motion_adapter=None, *, schedule: dict[str, Any],
+                 levels: tuple[str, ...], n_tokens: int, cond_mode: str = "concat",
+                 settings: CVRSettings = CVRSettings(), threads: int | None = None):
+        if cond_mode not in ("concat", "per_stage"):
+            raise ValueError(f"cond_mode {cond_mode!r}: want 'concat' or 'per_stage'")
+        self.vae = vae
+        self.unet = unet.eval()
+        self.video_unet = None
+        if motion_adapter is not None:
+            from diffusers import UNetMotionModel
+
+            self.video_unet = UNetMotionModel.from_unet2d(unet, motion_adapter.eval()).eval()
+        self.schedule = dict(schedule)
+        self.levels = tuple(levels)
+        self.n_tokens = int(n_tokens)
+        self.cond_mode = cond_mode
+        self.settings = settings
+        self.threads = threads
+
+    # ---------------------------------------------------------------------------- loading
+    @classmethod
+    def from_zoo(cls, zoo: str | Path, *, settings: CVRSettings = CVRSettings(),
+                 motion: bool = True, threads: int | None = None) -> CVR:
+        """The toy zoo's renderer from a weights folder holding ``vae/``, ``unet/`` and
+        (optionally) ``motion/``."""
+        from ..zoo.unet import load_motion_adapter, load_unet, render_meta
+        from ..zoo.vae import load_toy_vae
+
+        zoo = Path(zoo)
+        meta = render_meta(zoo / "unet", "unet")
+        adapter = load_motion_adapter(zoo / "motion") if motion and (zoo / "motion").exists() \
+            else None
+        return cls(load_toy_vae(zoo / "vae"), load_unet(zoo / "unet"), adapter,
+                   schedule=meta["scheduler"], levels=tuple(meta["cond"]["levels"]),
+                   n_tokens=int(meta["cond"]["n_tokens"]), settings=settings, threads=threads)
+
+    @classmethod
+    def from_pretrained(cls, sd15: str | Path, motion_adapter: str | Path, *,
+                        settings: CVRSettings = CVRSettings(), threads: int | None = None
+                        ) -> CVR:
+        """Real weights from local folders: an SD1.5 checkpoint in diffusers layout (``vae/``,
+        ``unet/``) and an AnimateDiff/AnimateLCM ``MotionAdapter``. Conditioning: the paper's
+        per-stage levels, 77×768 CLIP ViT-L/14 token states (SAD's ``paper`` preset).
+        Written against the documented diffusers API; not run here (no weights, no GPU)."""
+        from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+
+        from ..zoo.vae import ToyVAE
+
+        vae = AutoencoderKL.from_pretrained(sd15, subfolder="vae")
+        unet = UNet2DConditionModel.from_pretrained(sd15, subfolder="unet")
+        adapter = MotionAdapter.from_pretrained(motion_adapter)
+        schedule = dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                        beta_start=0.00085, beta_end=0.012, prediction_type="epsilon")
+        return cls(ToyVAE(vae, vae.config.scaling_factor), unet, adapter, schedule=schedule,
+                   levels=("anchor", "motion", "holistic"), n_tokens=77,
+                   cond_mode="per_stage", settings=settings, threads=threads)
+
+    # ---------------------------------------------------------------------------- inputs
+    def _conditions(self, semantics: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stage 2, stage 3) prompt embeddings, each (1, tokens, width)."""
+        sem = np.asarray(semantics, dtype=np.float32)
+        n_lv = len(self.levels)
+        if sem.ndim == 2 and sem.shape[0] == n_lv * self.n_tokens:
+            sem = sem.reshape(n_lv, self.n_tokens, -1)
+        width = self.unet.config.cross_attention_dim
+        if sem.shape != (n_lv, self.n_tokens, width):
+            raise ValueError(f"semantics {sem.shape}: want ({n_lv}, {self.n_tokens}, {width}) "
+                             f"token states for levels {self.levels}")
+        if not np.isfinite(sem).all():
+            raise ValueError("semantics: contains NaN or inf")
+        t = torch.from_numpy(sem)
+        if self.cond_mode == "concat":
+            c = t.reshape(1, -1, width)
+            return c, c
+        return (t[self.levels.index("anchor")][None], t[self.levels.index("holistic")][None])
+
+    def _check_latents(self, motion_latents: np.ndarray | None) -> np.ndarray | None:
+        if motion_latents is None:
+            return None
+        z = np.asarray(motion_latents, dtype=np.float32)
+        shape = tuple(self.vae.latent_shape)
+        if z.ndim != 4 or z.shape[1:] != shape or len(z) < 1:
+            raise ValueError(f"motion_latents {z.shape}: want (frames, {', '.join(map(str, shape))})")
+        if not np.isfinite(z).all():
+            raise ValueError("motion_latents: contains NaN or inf")
+        return z
+
+    # ---------------------------------------------------------------------------- sampling
+    def _timesteps(self, sched, strength: float) -> tuple[torch.Tensor, int]:
+        s = self.settings
+        sched.set_timesteps(s.steps)
+        n = max(1, min(s.steps, int(round(s.steps * strength))))
+        start = s.steps - n
+        ts = sched.timesteps[start * sched.order:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start * sched.order)
+        return ts, n
+
+    def _eps(self, model, z: torch.Tensor, t, cond: torch.Tensor, frames: int | None
+             ) -> torch.Tensor:
+        """Noise prediction (with classifier-free guidance when ``guidance`` > 1)."""
+        g = self.settings.guidance
+        if frames is not None:  # UNetMotionModel: one condition per frame
+            cond = cond.repeat_interleave(frames, dim=0)
+        if g == 1.0:
+            return model(z, t, encoder_hidden_states=cond).sample
+        both = model(torch.cat([z, z]), t, encoder_hidden_states=torch.cat(
+            [torch.zeros_like(cond), cond])).sample
+        uncond, cond_eps = both.chunk(2)
+        return uncond + g * (cond_eps - uncond)
+
+    @torch.no_grad()
+    def __call__(self, semantics: np.ndarray, motion_latents: np.ndarray | None = None, *,
+                 first_frame: np.ndarray | None = None, frames: int = 8,
+                 settings: CVRSettings | None = None) -> RenderOutput:
+        """Render one clip.
+
+        ``semantics``: decoded token states ``(levels, tokens, width)`` (or levels flattened);
+        ``motion_latents``: MAD's ``(frames, C, h, w)`` or None (no MAD: stage 2 starts from
+        noise and stage 3 from the anchor latent repeated); ``first_frame``: a uint8 frame that
+        replaces the anchor frame as frame 0 (multi-fMRI fusion's tail frame).
+        """
+        if settings is not None:
+            old, self.settings = self.settings, settings
+            try:
+                return self(semantics, motion_latents, first_frame=first_frame, frames=frames)
+            finally:
+                self.settings = old
+        s = self.settings
+        c2, c3 = self._conditions(semantics)
+        z_motion = self._check_latents(motion_latents)
+        if first_frame is not None:
+            ff = np.asarray(first_frame)
+            size = self.vae.latent_shape[-1] * self._vae_factor()
+            if ff.dtype != np.uint8 or ff.shape != (size, size, 3):
+                raise ValueError(f"first_frame {ff.dtype} {ff.shape}: want uint8 "
+                                 f"({size}, {size}, 3)")
+        n_frames = len(z_motion) if z_motion is not None else int(frames)
+        prev = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        gen = torch.Generator().manual_seed(s.seed)
+        secs: dict[str, float] = {}
+        evals = 0
+        try:
+            # 1. motion frames
+            t0 = time.perf_counter()
+            if z_motion is not None:
+                motion_frames = self.vae.decode(z_motion)
+                zm = torch.from_numpy(z_motion)
+            else:
+                zm = None
+            secs["motion"] = time.perf_counter() - t0
+
+            # 2. anchor frame (img2img from the first motion latent), or fusion's tail frame
+            t0 = time.perf_counter()
+            if first_frame is not None:
+                anchor = torch.from_numpy(self.vae.encode(np.asarray(first_frame)[None]))
+            else:
+                sched = make_scheduler(s.scheduler, self.schedule)
+                noise = torch.randn((1, *self.vae.latent_shape), generator=gen)
+                if zm is not None:
+                    ts, n = self._timesteps(sched, s.anchor_strength)
+                    z = sched.add_noise(zm[:1], noise, ts[:1])
+                else:
+                    sched.set_timesteps(s.steps)
+                    ts = sched.timesteps
+                    z = noise * sched.init_noise_sigma
+                for t in ts:
+                    zin = sched.scale_model_input(z, t)
+                    z = sched.step(self._eps(self.unet, zin, t, c2, None), t, z).prev_sample
+                    evals += 1
+                anchor = z
+            anchor_frame = self.vae.decode(anchor.numpy())[0]
+            secs["anchor"] = time.perf_counter() - t0
+            if zm is None:
+                zm = anchor.repeat(n_frames, 1, 1, 1)
+                motion_frames = np.repeat(anchor_frame[None], n_frames, axis=0)
+
+            # 3. video (video-to-video from the motion latents, frame 0 tied to the anchor)
+            t0 = time.perf_counter()
+            sched = make_scheduler(s.scheduler, self.schedule)
+            ts, _ = self._timesteps(sched, s.video_strength)
+            noise = torch.randn(zm.shape, generator=gen)
+            video = self.video_unet is not None and s.use_motion_module
+            z = sched.add_noise(zm, noise, ts[:1])                      # (T, C, h, w)
+            tie_noise = noise[:1]
+            for t in ts:
+                if s.tie_first_frame:
+                    z[:1] = sched.add_noise(anchor, tie_noise, t.reshape(1))
+                zin = sched.scale_model_input(z, t)
+                if video:
+                    x = zin.permute(1, 0, 2, 3)[None]                   # (1, C, T, h, w)
+                    eps = self._eps(self.video_unet, x, t, c3, n_frames)[0].permute(1, 0, 2, 3)
+                else:
+                    eps = self._eps(self.unet, zin, t, c3.expand(len(zin), -1, -1), None)
+                z = sched.step(eps, t, z).prev_sample
+                evals += 1
+            if s.tie_first_frame:
+                z[:1] = anchor
+            out = self.vae.decode(z.numpy())
+            secs["video"] = time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(prev)
+        secs["total"] = sum(secs.values())
+        return RenderOutput(out, motion_frames, anchor_frame,
+                            {k: round(v, 4) for k, v in secs.items()}, evals)
+
+    def _vae_factor(self) -> int:
+        c = self.vae.model.config
+        return 2 ** (len(c.block_out_channels) - 1)
+
+    def with_settings(self, **changes) -> CVRSettings:
+        return dataclasses.replace(self.settings, **changes)
