@@ -1,0 +1,1 @@
+"""Conditional video rendering (CVR), multi-fMRI fusion and video output."""
