@@ -131,7 +131,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """Pillow's bundled default font; sized when FreeType is available, else the bitmap one."""
     try:
         return ImageFont.load_default(size=size)
-    except ImportError:  # a Pillow built without FreeType cannot size its default font
+    except (ImportError, TypeError):  # no FreeType, or Pillow < 10.1 (no size argument)
         return ImageFont.load_default()
 
 
