@@ -301,6 +301,8 @@ class CVR:
             if s.tie_first_frame:
                 z[:1] = anchor
             out = self.vae.decode(z.numpy())
+            if s.tie_first_frame:  # bit-exact (batched decoding may differ in the last bit)
+                out[0] = anchor_frame
             secs["video"] = time.perf_counter() - t0
         finally:
             torch.set_num_threads(prev)

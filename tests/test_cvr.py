@@ -1,0 +1,160 @@
+"""CVR: tiny seeded components run all three stages; shapes, dtypes, ties and checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtdecode.render.cvr import CVR, NEUROCLIPS, CVRSettings
+from rtdecode.zoo.unet import (SCHEDULE, ToyUNetConfig, build_motion_adapter, build_unet,
+                               load_motion_adapter, load_unet, save_render_model)
+from rtdecode.zoo.vae import ToyVAE, ToyVAEConfig, build_vae
+
+LEVELS = ("anchor", "motion", "holistic")
+TOKENS, WIDTH = 4, 32
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    cfg = ToyUNetConfig(block_out_channels=(16, 32), norm_num_groups=4, attention_head_dim=2,
+                        n_tokens=TOKENS)
+    vae = ToyVAE(build_vae(ToyVAEConfig(block_out_channels=(8, 16, 16))))
+    unet = build_unet(cfg, 4, 16, WIDTH)
+    adapter = build_motion_adapter(cfg)
+    # A fresh MotionAdapter is initialised to the identity (zero output projections); give it
+    # weights so that a test can see the temporal layers act.
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if "proj_out" in name:
+                p.normal_(0, 0.02)
+    return cfg, vae, unet, adapter
+
+
+def make(parts, **kw) -> CVR:
+    _, vae, unet, adapter = parts
+    return CVR(vae, unet, kw.pop("adapter", adapter), schedule=SCHEDULE, levels=LEVELS,
+               n_tokens=TOKENS, **kw)
+
+
+def inputs(seed: int = 0, frames: int = 8):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((3, TOKENS, WIDTH)).astype(np.float32),
+            rng.standard_normal((frames, 4, 16, 16)).astype(np.float32))
+
+
+@pytest.mark.parametrize("scheduler", ["dpm", "ddim", "euler"])
+def test_three_stages_shapes_and_dtypes(parts, scheduler):
+    cvr = make(parts, settings=CVRSettings(steps=4, scheduler=scheduler))
+    sem, z = inputs()
+    out = cvr(sem, z)
+    assert out.frames.shape == (8, 64, 64, 3) and out.frames.dtype == np.uint8
+    assert out.motion_frames.shape == (8, 64, 64, 3) and out.motion_frames.dtype == np.uint8
+    assert out.anchor_frame.shape == (64, 64, 3) and out.anchor_frame.dtype == np.uint8
+    # img2img: round(4 * 0.8) = 3 anchor steps; video-to-video: round(4 * 0.6) = 2 steps
+    assert out.unet_evals == 3 + 2
+    assert set(out.seconds) == {"motion", "anchor", "video", "total"}
+    # the first frame is tied to the anchor frame
+    np.testing.assert_array_equal(out.frames[0], out.anchor_frame)
+
+
+def test_seeded_and_reproducible(parts):
+    cvr = make(parts)
+    sem, z = inputs()
+    a, b = cvr(sem, z), cvr(sem, z)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    c = cvr(sem, z, settings=CVRSettings(seed=1))
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_conditioning_and_motion_module_change_the_output(parts):
+    cvr = make(parts)
+    sem, z = inputs()
+    base = cvr(sem, z).frames.astype(int)
+    other_sem = cvr(inputs(5)[0], z).frames.astype(int)
+    no_motion = cvr(sem, z, settings=CVRSettings(use_motion_module=False)).frames.astype(int)
+    assert np.abs(base - other_sem).sum() > 0
+    assert np.abs(base - no_motion).sum() > 0
+
+
+def test_text_only_and_guidance(parts):
+    cvr = make(parts)
+    sem, _ = inputs()
+    out = cvr(sem, None, frames=4)
+    assert out.frames.shape == (4, 64, 64, 3)
+    assert out.unet_evals == 4 + 2  # stage 2 from noise runs every step
+    g = cvr(sem, None, frames=4, settings=CVRSettings(guidance=3.0))
+    assert g.unet_evals == out.unet_evals  # a guided step is one (doubled) batch
+    assert not np.array_equal(g.frames, out.frames)
+
+
+def test_neuroclips_settings_run_more_steps(parts):
+    cvr = make(parts)
+    sem, z = inputs(frames=2)
+    out = cvr(sem, z, settings=NEUROCLIPS)
+    assert out.unet_evals == 20 + 15
+
+
+def test_first_frame_replaces_the_anchor(parts):
+    cvr = make(parts)
+    sem, z = inputs()
+    tail = np.full((64, 64, 3), 200, np.uint8)
+    out = cvr(sem, z, first_frame=tail)
+    assert out.unet_evals == 2  # stage 2 skipped
+    np.testing.assert_array_equal(out.frames[0], out.anchor_frame)
+    # the anchor is the tail frame through the VAE: close to it in colour, not to a fresh one
+    fresh = cvr(sem, z).anchor_frame
+    assert not np.array_equal(out.anchor_frame, fresh)
+
+
+def test_per_stage_conditioning(parts):
+    cvr = make(parts, cond_mode="per_stage")
+    sem, z = inputs()
+    assert cvr(sem, z).frames.shape == (8, 64, 64, 3)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda s, z: (s[:2], z), "semantics"),
+    (lambda s, z: (s * np.nan, z), "NaN"),
+    (lambda s, z: (s, z[:, :3]), "motion_latents"),
+    (lambda s, z: (s, z[0]), "motion_latents"),
+])
+def test_bad_inputs_name_the_value(parts, bad, match):
+    cvr = make(parts)
+    with pytest.raises(ValueError, match=match):
+        cvr(*bad(*inputs()))
+
+
+def test_bad_settings_and_first_frame(parts):
+    with pytest.raises(ValueError, match="scheduler"):
+        CVRSettings(scheduler="lms")
+    with pytest.raises(ValueError, match="guidance"):
+        CVRSettings(guidance=0.5)
+    with pytest.raises(ValueError, match="strength"):
+        CVRSettings(video_strength=0.0)
+    with pytest.raises(ValueError, match="cond_mode"):
+        make(parts, cond_mode="sum")
+    with pytest.raises(ValueError, match="first_frame"):
+        make(parts)(*inputs(), first_frame=np.zeros((32, 32, 3), np.uint8))
+
+
+def test_render_checkpoints_round_trip(parts, tmp_path):
+    cfg, _, unet, adapter = parts
+    save_render_model("unet", unet, cfg, tmp_path / "unet", cond_shape=(12, WIDTH),
+                      latent_shape=(4, 16, 16))
+    save_render_model("motion", adapter, cfg, tmp_path / "motion", cond_shape=(12, WIDTH),
+                      latent_shape=(4, 16, 16))
+    u2, a2 = load_unet(tmp_path / "unet"), load_motion_adapter(tmp_path / "motion")
+    for a, b in ((unet, u2), (adapter, a2)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "unet.safetensors").write_bytes((tmp_path / "unet" / "unet.safetensors").read_bytes())
+    (mixed / "config.json").write_text((tmp_path / "motion" / "config.json").read_text())
+    with pytest.raises(ValueError, match="not a toy unet"):
+        load_unet(mixed)
+    with pytest.raises(FileNotFoundError, match="rtdecode train motion"):
+        load_motion_adapter(tmp_path / "unet")
