@@ -618,6 +618,54 @@ def bench_decode_cmd(
         typer.echo(format_table(result))
 
 
+@bench_app.command("render")
+def bench_render_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    zoo: Annotated[Path, typer.Option(help="Weights: clip/, vae/, unet/ (motion/, sad/, mad/ "
+                                           "for decoded inputs).")] = ZOO_DIR,
+    data: Annotated[Path | None, typer.Option(help="Session (default: the study config's, "
+                                                   "simulated if absent).")] = None,
+    clips: Annotated[int, typer.Option(help="Test clips rendered per setting.")] = 8,
+    inputs: Annotated[str, typer.Option(help="decoded (SAD + MAD on single-trial test "
+                                             "windows) or truth (true captions and "
+                                             "latents).")] = "decoded",
+    steps: Annotated[int, typer.Option(help="Our scheduler steps.")] = 4,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
+                      ] = None,
+) -> None:
+    """Seconds per 2-s clip (8 frames, 64x64) and quality (SSIM, CLIP-PCC, VIFI against the
+    true clips): our few-step settings vs NeuroClips' (25 DDIM steps, CFG 8.5), same weights
+    and inputs, in one run."""
+    from .render.bench import bench_render
+    from .render.cvr import CVRSettings
+
+    say = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
+    try:
+        if clips < 1 or threads < 1:
+            raise ValueError("clips and threads must be >= 1")
+        cfg = load_config(config if config is not None else STUDY_CONFIG)
+        root = data or Path(cfg.data.root)
+        if data is None:
+            _ensure_session(cfg, root)
+        result = bench_render(zoo, root, cfg, n_clips=clips, inputs=inputs, threads=threads,
+                              settings=CVRSettings(steps=steps), progress=not as_json)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    say(f"{result['clips']} clips x {result['frames_per_clip']} frames, inputs "
+        f"{result['inputs']}, motion module {'on' if result['motion_module'] else 'off'}, "
+        f"{result['threads']} threads")
+    say(f"{'settings':11} {'steps':>5} {'s/clip':>7} {'SSIM':>6} {'CLIP-PCC':>8} {'VIFI':>6}")
+    for name in ("ours", "neuroclips"):
+        r = result[name]
+        say(f"{name:11} {r['steps']:5d} {r['seconds_per_clip']:7.3f} {r['ssim']:6.3f} "
+            f"{r['clip_pcc']:8.3f} {r['vifi']:6.3f}")
+    say(f"speed-up: {result['speedup']}x")
+
+
 def _parse_batch(text: str) -> tuple[int, int, int]:
     try:
         parts = tuple(int(v) for v in text.split(","))
@@ -969,6 +1017,29 @@ def train_probe_cmd(
                + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
 
 
+@train_app.command("fusion")
+def train_fusion_cmd(
+    data: Annotated[Path, typer.Option(help="Simulated session (its training clips are "
+                                            "used).")],
+    clip: Annotated[Path, typer.Option(help="Toy CLIP (keyframe embeddings).")] = ZOO_DIR / "clip",
+    out: Annotated[Path, typer.Option(help="Where fusion.json goes.")
+                   ] = Path("runs/zoo/fusion.json"),
+) -> None:
+    """Calibrate the multi-fMRI fusion threshold on the training clips (adjacent keyframe
+    similarity vs same scene, F1-optimal)."""
+    from .render.session import calibrate_fusion
+    from .zoo.clip import load_toy_clip
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r = calibrate_fusion(data, load_toy_clip(clip), out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    m = r["train_metrics"]
+    typer.echo(f"saved {out}: threshold {r['threshold']} (training pairs: precision "
+               f"{m['precision']}, recall {m['recall']}, f1 {m['f1']})")
+
+
 @train_app.command("sad")
 def train_sad_cmd(
     data: Annotated[Path | None, typer.Option(help="Session directory (default: the "
@@ -1125,7 +1196,7 @@ def eval_cmd(
     import numpy as np
 
     from .data import list_subjects, load_session
-    from .engine import provenance
+    from .engine import check_provenance, provenance
     from .models import evaluate as ev
     from .models.train import load_checkpoint
     from .zoo.clip import load_stimuli, load_toy_clip
@@ -1154,7 +1225,7 @@ def eval_cmd(
             session = load_session(root, s)
             prov = provenance(session, cfg)
             for meta in (sad_meta, mlp_meta, nf_meta, mad_meta):
-                _check_provenance(meta, s, prov)
+                check_provenance(meta, s, prov)
             targets = ev.CaptionTargets(session.clips, clip_model, n_tokens)
             w = ev.eval_windows(session, cfg)
             models = {k: m for k, m in (("sad", sad), ("mlp", mlp)) if m is not None}
@@ -1187,7 +1258,7 @@ def eval_cmd(
                 r["levels"] = {"sad": ev.evaluate_levels(sad, w, targets, steps, trials)}
                 for d in sorted(p for p in ablations.iterdir() if p.is_dir()):
                     model, meta = load_checkpoint(d)
-                    _check_provenance(meta, s, prov)
+                    check_provenance(meta, s, prov)
                     r["levels"][d.name] = ev.evaluate_levels(model, w, targets, steps, trials)
             if sweep and sad is not None:
                 r["steps_sweep"] = ev.steps_sweep(sad, w, targets, sweep, trials)
@@ -1219,24 +1290,120 @@ def eval_cmd(
     typer.echo(f"{'chance':23} {0.5:7.3f} {0.02:7.3f}")
 
 
-def _check_provenance(meta: dict, subject: str, prov: dict) -> None:
-    """A checkpoint used on data it was not trained on is an error naming what differs."""
-    from .engine import ModelMismatch
-
-    trained = meta.get("trained_on", {}).get(subject)
-    if trained is None:
-        return
-    diffs = [f"{k}: checkpoint {trained[k]!r} vs data {v!r}" for k, v in prov.items()
-             if k in trained and trained[k] != v]
-    if diffs:
-        raise ModelMismatch(f"checkpoint trained on other data for {subject}: "
-                            + "; ".join(diffs))
-
-
 def _load_vae(zoo: Path):
     from .zoo.vae import load_toy_vae
 
     return load_toy_vae(zoo / "vae")
+
+
+@app.command("render")
+def render_cmd(
+    out: Annotated[Path, typer.Option(help="Video to write (.mp4 or .gif).")
+                   ] = Path("runs/render/test_run.mp4"),
+    zoo: Annotated[Path, typer.Option(help="Weights: clip/, vae/, unet/, motion/, sad/, "
+                                           "mad/.")] = ZOO_DIR,
+    data: Annotated[Path | None, typer.Option(help="Session (default: the study config's, "
+                                                   "simulated if absent).")] = None,
+    clips: Annotated[int, typer.Option(help="Clips of the first test run to render.")] = 30,
+    inputs: Annotated[str, typer.Option(help="decoded (SAD + MAD, single trial) or "
+                                             "truth.")] = "decoded",
+    steps: Annotated[int, typer.Option(help="Scheduler steps.")] = 4,
+    fusion: Annotated[bool, typer.Option(help="Multi-fMRI fusion: chain clips of one "
+                                              "scene.")] = True,
+    threshold: Annotated[float | None, typer.Option(help="Fusion similarity threshold "
+                                                         "(default: the zoo's calibrated "
+                                                         "one).")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
+                      ] = None,
+) -> None:
+    """Reconstruct a test run offline: decode each clip's single-trial window (SAD, MAD),
+    render it (CVR, with fusion) and write a side-by-side ground truth | reconstruction video
+    with the decoded and true captions."""
+    from .render.cvr import CVRSettings
+    from .render.session import render_run
+
+    try:
+        cfg = load_config(config if config is not None else STUDY_CONFIG)
+        root = data or Path(cfg.data.root)
+        if data is None:
+            _ensure_session(cfg, root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = render_run(zoo, root, cfg, out, n_clips=clips, inputs=inputs,
+                            settings=CVRSettings(steps=steps), fusion=fusion,
+                            threshold=threshold, threads=threads, progress=not as_json)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for r in result["clips"]:
+        typer.echo(f"clip {r['clip_id']:5d} chain {r['chain_id']!s:>4} scene {r['scene_id']!s:>4}"
+                   f"  {r['decoded']}  |  truth: {r['truth']}")
+    typer.echo(f"wrote {result['video']} ({len(result['clips'])} clips, "
+               f"{result['seconds_per_clip']} s per clip)")
+
+
+@app.command("fidelity")
+def fidelity_cmd(
+    zoo: Annotated[Path, typer.Option(help="Weights: clip/, vae/, unet/, motion/, sad/, mad/, "
+                                           "probe/.")] = ZOO_DIR,
+    data: Annotated[Path | None, typer.Option(help="Session (default: the study config's, "
+                                                   "simulated if absent).")] = None,
+    clips: Annotated[int, typer.Option(help="Test clips per condition.")] = 60,
+    conditions: Annotated[str, typer.Option(help="Comma-separated: true_frames, vae, truth, "
+                                                 "text_only, decoded.")
+                          ] = "true_frames,vae,truth,text_only,decoded",
+    curve: Annotated[Path | None, typer.Option(help="A UNet training folder with snapshots/: "
+                                                    "fidelity per snapshot instead (writes "
+                                                    "curve.csv and curve.png there).")] = None,
+    steps: Annotated[int, typer.Option(help="Scheduler steps.")] = 4,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
+                      ] = None,
+) -> None:
+    """Render fidelity: background, colour, shape, position and motion accuracy of rendered
+    test clips (attribute probe; toy CLIP zero-shot beside it), from true and from decoded
+    semantics, with the classifiers' ceiling on the true frames."""
+    import torch
+
+    from .render.cvr import CVRSettings
+    from .render.evaluate import fidelity_curve, fidelity_report
+    from .render.fidelity import load_probe
+
+    torch.set_num_threads(threads)
+    try:
+        cfg = load_config(config if config is not None else STUDY_CONFIG)
+        root = data or Path(cfg.data.root)
+        if data is None:
+            _ensure_session(cfg, root)
+        probe = load_probe(zoo / "probe")
+        if curve is not None:
+            rows = fidelity_curve(curve, zoo, root, cfg, probe, curve, n_clips=clips)
+            typer.echo(json.dumps(rows, indent=2) if as_json else
+                       f"wrote {curve / 'curve.csv'} and {curve / 'curve.png'} "
+                       f"({len(rows)} snapshots)")
+            return
+        conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
+        result = fidelity_report(zoo, root, cfg, probe, n_clips=clips, conditions=conds,
+                                 settings=CVRSettings(steps=steps), progress=not as_json)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from .render.fidelity import ATTRIBUTES
+
+    typer.echo(f"{result['clips']} test clips; attribute accuracy, probe (toy CLIP zero-shot)")
+    typer.echo(f"{'condition':12}" + "".join(f"{a:>18}" for a in ATTRIBUTES))
+    for cond in conds:
+        r = result[cond]
+        cells = [f"{r['probe'][a]:.2f}" + (f" ({r['clip_zero_shot'][a]:.2f})"
+                                           if a in r.get("clip_zero_shot", {}) else "")
+                 for a in ATTRIBUTES]
+        typer.echo(f"{cond:12}" + "".join(f"{c:>18}" for c in cells))
 
 
 @app.command("config")

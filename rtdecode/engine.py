@@ -174,3 +174,16 @@ def provenance(session, cfg) -> dict:
             "lag_trs": cfg.window.lag_trs, "width_trs": cfg.window.width_trs,
             "reduce": cfg.window.reduce, "voxel_selection": cfg.data.voxel_selection,
             "preprocess": dataclasses.asdict(cfg.preprocess)}
+
+
+def check_provenance(meta: dict, subject: str, prov: dict) -> None:
+    """A checkpoint used on data it was not trained on is an error naming what differs
+    (``prov``: :func:`provenance` of the data; ``meta``: the checkpoint's config)."""
+    trained = meta.get("trained_on", {}).get(subject)
+    if trained is None:
+        return
+    diffs = [f"{k}: checkpoint {trained[k]!r} vs data {v!r}" for k, v in prov.items()
+             if k in trained and trained[k] != v]
+    if diffs:
+        raise ModelMismatch(f"checkpoint trained on other data for {subject}: "
+                            + "; ".join(diffs))

@@ -105,3 +105,139 @@ def fidelity(rendered: np.ndarray, records: list[dict[str, Any]], probe, clip_mo
     if clip_model is not None:
         out["clip_zero_shot"] = clip_zero_shot(clip_model, rendered, records)
     return out
+
+
+def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
+                    conditions: tuple[str, ...] = ("true_frames", "vae", "truth", "text_only",
+                                                   "decoded"),
+                    settings: CVRSettings | None = None, unet_weights=None,
+                    progress: bool = False) -> dict[str, Any]:
+    """Attribute accuracy (probe and toy CLIP) of the first ``n_clips`` test clips per
+    condition: ``true_frames`` (the classifiers' ceiling), ``vae`` (true frames through the toy
+    VAE), ``truth`` (rendered from true caption tokens and true latents), ``text_only`` (from
+    true caption tokens alone: the UNet's own fidelity), ``decoded`` (SAD + MAD single-trial
+    windows, as live). ``unet_weights``: a snapshot file to load instead of the final
+    weights (the training curve)."""
+    from pathlib import Path
+
+    from ..zoo.clip import load_toy_clip
+    from ..zoo.unet import load_unet
+    from .bench import load_inputs
+
+    zoo = Path(zoo)
+    cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
+    if unet_weights is not None:
+        unet = load_unet(zoo / "unet", unet_weights)
+        cvr = CVR(cvr.vae, unet, None if cvr.video_unet is None else _adapter(zoo),
+                  schedule=cvr.schedule, levels=cvr.levels, n_tokens=cvr.n_tokens,
+                  settings=cvr.settings)
+    clip_model = load_toy_clip(zoo / "clip")
+    out: dict[str, Any] = {}
+    truth_in, truth_clips, records = load_inputs("truth", root, cfg, zoo, cvr, clip_model,
+                                                 n_clips)
+    for cond in conditions:
+        if cond == "true_frames":
+            clips = truth_clips
+        elif cond == "vae":
+            shape = truth_clips.shape
+            clips = cvr.vae.decode(cvr.vae.encode(truth_clips.reshape(-1, *shape[2:])))
+            clips = clips.reshape(shape)
+        elif cond == "truth":
+            clips = render_clips(cvr, truth_in, progress=progress).clips
+        elif cond == "text_only":
+            inp = RenderInputs(truth_in.clip_ids, truth_in.semantics, None, "truth/text_only")
+            clips = render_clips(cvr, inp, progress=progress).clips
+        elif cond == "decoded":
+            inp, _, _ = load_inputs("decoded", root, cfg, zoo, cvr, clip_model, n_clips)
+            clips = render_clips(cvr, inp, progress=progress).clips
+        else:
+            raise ValueError(f"condition {cond!r}: want one of true_frames, vae, truth, "
+                             "text_only, decoded")
+        out[cond] = fidelity(clips, records, probe, clip_model)
+    out["clips"] = len(records)
+    return out
+
+
+def _adapter(zoo):
+    from ..zoo.unet import load_motion_adapter
+
+    return load_motion_adapter(zoo / "motion")
+
+
+def fidelity_curve(unet_dir, zoo, root, cfg, probe, out_dir, *, n_clips: int = 60,
+                   progress: bool = False) -> list[dict[str, Any]]:
+    """Fidelity of every training snapshot (``unet_dir/snapshots``) rendered from true
+    caption tokens alone and with true latents: ``curve.csv`` and ``curve.png`` in
+    ``out_dir``."""
+    import csv
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    unet_dir, out_dir = Path(unet_dir), Path(out_dir)
+    snaps = sorted((unet_dir / "snapshots").glob("step_*.safetensors"))
+    if not snaps:
+        raise FileNotFoundError(f"{unet_dir}/snapshots: no step_*.safetensors snapshots")
+    meta = json.loads((unet_dir / "config.json").read_text())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # a zoo view whose unet/ is the run's (its config) and the rest the given zoo's
+        view = Path(tmp)
+        for name in ("clip", "vae", "motion", "sad", "mad"):
+            if (Path(zoo) / name).is_dir():
+                (view / name).symlink_to((Path(zoo) / name).resolve())
+        (view / "unet").mkdir()
+        shutil.copy(unet_dir / "config.json", view / "unet" / "config.json")
+        shutil.copy(snaps[-1], view / "unet" / "unet.safetensors")
+        for snap in snaps:
+            step = int(snap.stem.split("_")[1])
+            r = fidelity_report(view, root, cfg, probe, n_clips=n_clips,
+                                conditions=("truth", "text_only"), unet_weights=snap,
+                                progress=progress)
+            row = {"step": step, "train_seconds": _seconds_at(unet_dir, step)}
+            for cond in ("text_only", "truth"):
+                row.update({f"{cond}_{k}": round(v, 4) for k, v in r[cond]["probe"].items()})
+            rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "curve.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _plot_curve(rows, out_dir / "curve.png", meta.get("kind", "unet"))
+    return rows
+
+
+def _seconds_at(run_dir, step: int) -> float | None:
+    import csv
+
+    path = run_dir / "loss.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if int(row["step"]) == step:
+                return float(row["seconds"])
+    return None
+
+
+def _plot_curve(rows: list[dict[str, Any]], path, kind: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fidelity import ATTRIBUTES
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    steps = [r["step"] for r in rows]
+    for ax, cond in zip(axes, ("text_only", "truth")):
+        for a in ATTRIBUTES:
+            ax.plot(steps, [r[f"{cond}_{a}"] for r in rows], "o-", label=a)
+        ax.axhline(0.9, color="grey", ls=":", lw=1)
+        ax.set(xlabel=f"toy {kind} training step", title=f"rendered from {cond}", ylim=(0, 1.02))
+    axes[0].set_ylabel("attribute accuracy (probe)")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

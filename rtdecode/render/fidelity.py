@@ -35,24 +35,38 @@ FORMAT = "rtdecode-attribute-probe/1"
 
 
 class AttributeProbe(nn.Module):
-    """First + last frame (6 × 64 × 64) → logits per attribute."""
+    """First + last frame (6 × 64 × 64) → logits per attribute.
 
-    def __init__(self, width: int = 32, image_size: int = 64):
+    A conv stack to an 8 × 8 map; position and motion read the map flattened (where things
+    are), background, colour and shape read it pooled (what things are, wherever they are —
+    a flattened map alone memorises positions and never learns shapes from a few thousand
+    clips)."""
+
+    SPATIAL = ("position", "motion")
+
+    def __init__(self, width: int = 16, image_size: int = 64):
         super().__init__()
         w = width
-        self.body = nn.Sequential(
-            nn.Conv2d(6, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.GELU(),          # 32
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GELU(),      # 16
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.GELU(),  # 8
-            nn.Flatten(), nn.Linear(2 * w * (image_size // 8) ** 2, 256), nn.GELU())
+
+        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout),
+                    nn.GELU()]
+
+        self.body = nn.Sequential(*block(6, w, 2), *block(w, 2 * w, 1),
+                                  *block(2 * w, 2 * w, 2), *block(2 * w, 4 * w, 1),
+                                  *block(4 * w, 4 * w, 2))                    # (4w, s/8, s/8)
+        n_flat = 4 * w * (image_size // 8) ** 2
+        self.spatial = nn.Sequential(nn.Flatten(), nn.Linear(n_flat, 256), nn.GELU())
+        self.pooled = nn.Sequential(nn.Linear(8 * w, 256), nn.GELU())
         self.heads = nn.ModuleDict({a: nn.Linear(256, len(ATTRIBUTE_GROUPS[a]))
                                     for a in ATTRIBUTES})
         self.width, self.image_size = width, image_size
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.body(x)
-        return {a: head(h) for a, head in self.heads.items()}
+        sp = self.spatial(h)
+        po = self.pooled(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
+        return {a: head(sp if a in self.SPATIAL else po) for a, head in self.heads.items()}
 
 
 def _inputs(clips: np.ndarray) -> torch.Tensor:
@@ -72,14 +86,15 @@ def labels_of(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str | Path, *,
                 steps: int = 1500, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                progress: bool = True) -> AttributeProbe:
+                width: int = 16, progress: bool = True) -> AttributeProbe:
     """Train the probe on the training clips' true frames (the test clips are never seen)."""
     torch.manual_seed(seed)
     train = np.array([r["clip_id"] for r in records if r["split"] == "train"])
     if len(train) < 2:
         raise ValueError(f"need >= 2 training clips, found {len(train)}")
     y = labels_of(records)
-    model = AttributeProbe(image_size=frames.shape[2])
+    model = AttributeProbe(width, image_size=frames.shape[2])
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
     ce = nn.CrossEntropyLoss()

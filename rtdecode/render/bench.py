@@ -1,0 +1,105 @@
+"""``rtdecode bench render``: seconds per 2-s clip and quality, our few-step settings against
+NeuroClips' (25 DDIM steps, CFG 8.5), same weights, same inputs, one run.
+
+Inputs are what the live pipeline renders — SAD's decoded semantics and MAD's decoded latents
+for the first ``n_clips`` single-trial test windows (``inputs="decoded"``) — or the ground
+truth (true caption token states and true frame latents, ``inputs="truth"``). Quality is
+measured against the true clips: SSIM (scikit-image) and CLIP-PCC with the VIFI gate (the toy
+CLIP), as ANCHORS.md defines them, plus VIFI itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cvr import CVR, NEUROCLIPS, CVRSettings
+from .evaluate import RenderInputs, decoded_inputs, render_clips, truth_inputs
+
+
+def quality(rendered: np.ndarray, truth: np.ndarray, clip_model) -> dict[str, float]:
+    """SSIM, VIFI and gated CLIP-PCC of rendered clips against the true clips (means)."""
+    from .. import metrics
+
+    n, t = rendered.shape[:2]
+    emb = clip_model.encode_image(rendered.reshape(n * t, *rendered.shape[2:])).reshape(n, t, -1)
+    gt_video = clip_model.encode_video(truth)
+    rec_video = clip_model.encode_video(rendered)
+    vifis = [metrics.vifi(g, r) for g, r in zip(gt_video, rec_video)]
+    pcc = [metrics.clip_pcc(e, v) for e, v in zip(emb, vifis)]
+    return {"ssim": round(metrics.ssim(truth, rendered), 4),
+            "clip_pcc": round(float(np.mean(pcc)), 4),
+            "vifi": round(float(np.mean(vifis)), 4)}
+
+
+def load_inputs(kind: str, root: Path, cfg, zoo: Path, cvr: CVR, clip_model, n_clips: int,
+                condition: str = "single_trial") -> tuple[RenderInputs, np.ndarray,
+                                                          list[dict]]:
+    """(inputs, true clips (n, T, H, W, 3), caption records) for the first ``n_clips`` test
+    windows of the session's first subject."""
+    from ..data import list_subjects, load_session
+    from ..engine import check_provenance, provenance
+    from ..models.evaluate import eval_windows
+    from ..models.train import SubjectData
+    from ..models.train import load_checkpoint
+    from ..zoo.clip import load_stimuli
+    from ..zoo.vae import load_toy_vae
+
+    if kind not in ("decoded", "truth"):
+        raise ValueError(f"inputs {kind!r}: want 'decoded' or 'truth'")
+    subject = list_subjects(root)[0]
+    session = load_session(root, subject)
+    frames, _ = load_stimuli(root)
+    w = eval_windows(session, cfg, train=False)[condition]
+    d = SubjectData(w.label, w.X[:n_clips], w.clip_ids[:n_clips], w.val[:n_clips])
+    if kind == "decoded":
+        sad, sad_meta = load_checkpoint(zoo / "sad")
+        mad, mad_meta = load_checkpoint(zoo / "mad") if (zoo / "mad").is_dir() else (None, {})
+        prov = provenance(session, cfg)
+        for meta in (sad_meta, mad_meta):
+            check_provenance(meta, subject, prov)
+        inp = decoded_inputs(sad, mad, d)
+        inp.source = f"decoded/{condition}"
+    else:
+        inp = truth_inputs(d.clip_ids, session.clips, frames, clip_model, load_toy_vae(zoo / "vae"),
+                           cvr)
+    records = [session.clips[int(c)] for c in inp.clip_ids]
+    return inp, np.asarray(frames[inp.clip_ids]), records
+
+
+def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = "decoded",
+                 threads: int | None = 2, settings: CVRSettings | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Both settings on the same clips; JSON-ready figures and their ratios."""
+    import torch
+
+    from ..zoo.clip import load_toy_clip
+
+    if threads:
+        torch.set_num_threads(threads)
+    cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
+    clip_model = load_toy_clip(zoo / "clip")
+    inp, truth, _ = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips)
+    out: dict[str, Any] = {}
+    for name, s in (("ours", cvr.settings), ("neuroclips", NEUROCLIPS)):
+        cvr(inp.semantics[0], None if inp.latents is None else inp.latents[0],
+            settings=s)  # warm-up (first-call allocations), not timed
+        r = render_clips(cvr, inp, s, progress=progress)
+        secs = np.asarray(r.seconds)
+        out[name] = {"seconds_per_clip": round(float(secs.mean()), 4),
+                     "seconds_p50": round(float(np.median(secs)), 4),
+                     "seconds_max": round(float(secs.max()), 4),
+                     "steps": s.steps, "scheduler": s.scheduler, "guidance": s.guidance,
+                     "unet_evals_per_clip": r.unet_evals / len(secs),
+                     "stage_seconds": r.stage_seconds,
+                     **quality(r.clips, truth, clip_model)}
+    out["speedup"] = round(out["neuroclips"]["seconds_per_clip"]
+                           / max(out["ours"]["seconds_per_clip"], 1e-9), 2)
+    out["clips"] = len(inp.clip_ids)
+    out["frames_per_clip"] = int(truth.shape[1])
+    out["inputs"] = inp.source
+    out["motion_module"] = cvr.video_unet is not None
+    out["threads"] = threads or torch.get_num_threads()
+    return out
