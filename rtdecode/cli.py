@@ -935,7 +935,8 @@ def train_vae_cmd(
 def train_unet_cmd(
     data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/unet"),
-    clip: Annotated[Path, typer.Option(help="Toy CLIP: the conditioning space.")] = ZOO_DIR / "clip",
+    clip: Annotated[Path, typer.Option(help="Toy CLIP: the conditioning space.")
+                    ] = ZOO_DIR / "clip",
     vae: Annotated[Path, typer.Option(help="Toy VAE: the latent space.")] = ZOO_DIR / "vae",
     steps: Annotated[int, typer.Option(help="Training steps.")] = 5000,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
@@ -964,7 +965,8 @@ def train_motion_cmd(
     unet: Annotated[Path, typer.Option(help="The trained toy UNet (kept frozen).")
                     ] = Path("runs/zoo/unet"),
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/motion"),
-    clip: Annotated[Path, typer.Option(help="Toy CLIP: the conditioning space.")] = ZOO_DIR / "clip",
+    clip: Annotated[Path, typer.Option(help="Toy CLIP: the conditioning space.")
+                    ] = ZOO_DIR / "clip",
     vae: Annotated[Path, typer.Option(help="Toy VAE: the latent space.")] = ZOO_DIR / "vae",
     steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(help="Clips (of 8 frames) per step.")] = 4,
@@ -1021,7 +1023,8 @@ def train_probe_cmd(
 def train_fusion_cmd(
     data: Annotated[Path, typer.Option(help="Simulated session (its training clips are "
                                             "used).")],
-    clip: Annotated[Path, typer.Option(help="Toy CLIP (keyframe embeddings).")] = ZOO_DIR / "clip",
+    clip: Annotated[Path, typer.Option(help="Toy CLIP (keyframe embeddings).")
+                    ] = ZOO_DIR / "clip",
     out: Annotated[Path, typer.Option(help="Where fusion.json goes.")
                    ] = Path("runs/zoo/fusion.json"),
 ) -> None:

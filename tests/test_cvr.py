@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from rtdecode.render.cvr import CVR, NEUROCLIPS, CVRSettings
-from rtdecode.zoo.unet import (SCHEDULE, ToyUNetConfig, build_motion_adapter, build_unet,
-                               load_motion_adapter, load_unet, save_render_model)
+from rtdecode.zoo.unet import (
+    SCHEDULE,
+    ToyUNetConfig,
+    build_motion_adapter,
+    build_unet,
+    load_motion_adapter,
+    load_unet,
+    save_render_model,
+)
 from rtdecode.zoo.vae import ToyVAE, ToyVAEConfig, build_vae
 
 LEVELS = ("anchor", "motion", "holistic")

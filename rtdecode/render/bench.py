@@ -39,17 +39,16 @@ def load_inputs(kind: str, root: Path, cfg, zoo: Path, cvr: CVR, clip_model, n_c
                                                           list[dict]]:
     """(inputs, true clips (n, T, H, W, 3), caption records) for the first ``n_clips`` test
     windows of the session's first subject."""
-    from ..data import list_subjects, load_session
+    from ..data import load_session
     from ..engine import check_provenance, provenance
     from ..models.evaluate import eval_windows
-    from ..models.train import SubjectData
-    from ..models.train import load_checkpoint
+    from ..models.train import SubjectData, load_checkpoint
     from ..zoo.clip import load_stimuli
     from ..zoo.vae import load_toy_vae
 
     if kind not in ("decoded", "truth"):
         raise ValueError(f"inputs {kind!r}: want 'decoded' or 'truth'")
-    subject = list_subjects(root)[0]
+    subject = _subject(root, zoo)
     session = load_session(root, subject)
     frames, _ = load_stimuli(root)
     w = eval_windows(session, cfg, train=False)[condition]
@@ -67,6 +66,26 @@ def load_inputs(kind: str, root: Path, cfg, zoo: Path, cvr: CVR, clip_model, n_c
                            cvr)
     records = [session.clips[int(c)] for c in inp.clip_ids]
     return inp, np.asarray(frames[inp.clip_ids]), records
+
+
+def _subject(root: Path, zoo: Path) -> str:
+    """The session's first subject the zoo's SAD knows (any subject without a SAD)."""
+    import json
+
+    from ..data import DataError, list_subjects
+
+    have = list_subjects(root)
+    if not have:
+        raise DataError(f"{root}: no subjects")
+    cfg_path = Path(zoo) / "sad" / "config.json"
+    if not cfg_path.is_file():
+        return have[0]
+    known = json.loads(cfg_path.read_text()).get("sad", {}).get("subjects", {})
+    for s in have:
+        if s in known:
+            return s
+    raise DataError(f"{root}: none of its subjects {have} is known to {zoo / 'sad'} "
+                    f"(trained on {sorted(known)})")
 
 
 def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = "decoded",

@@ -182,7 +182,8 @@ class CVR:
         z = np.asarray(motion_latents, dtype=np.float32)
         shape = tuple(self.vae.latent_shape)
         if z.ndim != 4 or z.shape[1:] != shape or len(z) < 1:
-            raise ValueError(f"motion_latents {z.shape}: want (frames, {', '.join(map(str, shape))})")
+            want = ", ".join(map(str, shape))
+            raise ValueError(f"motion_latents {z.shape}: want (frames, {want})")
         if not np.isfinite(z).all():
             raise ValueError("motion_latents: contains NaN or inf")
         return z

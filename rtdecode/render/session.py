@@ -40,10 +40,10 @@ def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
     as a mosaic. Returns per-clip captions, chain ids and timings."""
     import torch
 
-    from ..data import list_subjects, load_session
+    from ..data import load_session
     from ..models.evaluate import pooled
     from ..zoo.clip import load_toy_clip
-    from .bench import load_inputs
+    from .bench import _subject, load_inputs
     from .fusion import Fusion
     from .video import concat_clips, mosaic, write_video
 
@@ -57,7 +57,7 @@ def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
     fuse = Fusion(clip_model.encode_image, threshold) if fusion else None
     r = render_clips(cvr, inp, fusion=fuse, progress=progress)
 
-    session = load_session(root, list_subjects(root)[0])
+    session = load_session(root, _subject(root, zoo))
     bank = caption_bank(session, clip_model, cvr.n_tokens, cvr.levels)
     best = bank.nearest(pooled(inp.semantics))
     panels, rows = [], []

@@ -1,0 +1,78 @@
+"""The renderer's commands on a tiny zoo: bench render (ours vs NeuroClips' settings), the
+offline side-by-side render of a test run, render fidelity, fusion calibration."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from rtdecode.cli import app
+from rtdecode.config import DEFAULT_CONFIG
+from rtdecode.render.video import read_video
+
+
+def run(*args: str) -> dict | list:
+    res = CliRunner().invoke(app, [*args, "--config", str(DEFAULT_CONFIG), "--threads", "1",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_bench_render_json_shape(small_session, tiny_zoo):
+    out = run("bench", "render", "--zoo", str(tiny_zoo), "--data", str(small_session),
+              "--clips", "2")
+    for name in ("ours", "neuroclips"):
+        r = out[name]
+        assert {"seconds_per_clip", "steps", "ssim", "clip_pcc"} <= set(r)
+        assert r["seconds_per_clip"] > 0 and -1.0 <= r["ssim"] <= 1.0
+        assert 0.0 <= r["clip_pcc"] <= 1.0
+    assert out["ours"]["steps"] == 4 and out["neuroclips"]["steps"] == 25
+    assert out["neuroclips"]["guidance"] == 8.5
+    # 25 DDIM steps at the same strengths run many more UNet passes than 4 steps
+    assert out["neuroclips"]["unet_evals_per_clip"] > 5 * out["ours"]["unet_evals_per_clip"]
+    assert out["inputs"] == "decoded/single_trial" and out["clips"] == 2
+
+
+def test_render_writes_the_side_by_side_video(small_session, tiny_zoo, tmp_path):
+    path = tmp_path / "run.mp4"
+    out = run("render", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips", "3",
+              "--out", str(path))
+    assert out["video"] == str(path) and len(out["clips"]) == 3
+    video = read_video(path)
+    assert video.shape[0] == 3 * 8 and video.shape[-1] == 3
+    assert video.shape[2] >= 2 * 64 * 4  # ground truth | reconstruction, upscaled 4x
+    chains = [r["chain_id"] for r in out["clips"]]
+    assert chains[0] == 0 and all(b >= a for a, b in zip(chains, chains[1:]))
+    assert all(r["decoded"] and r["truth"] for r in out["clips"])
+
+
+def test_fidelity_conditions(small_session, tiny_zoo):
+    out = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
+              "4")
+    for cond in ("true_frames", "vae", "truth", "text_only", "decoded"):
+        probe = out[cond]["probe"]
+        assert set(probe) == {"background", "colour", "shape", "position", "motion"}
+        assert all(0.0 <= v <= 1.0 for v in probe.values())
+        assert set(out[cond]["clip_zero_shot"]) == {"background", "colour", "shape",
+                                                    "position"}
+    assert out["clips"] == 4
+
+
+def test_fusion_calibration_separates_scenes(small_session, tiny_zoo, tmp_path):
+    res = CliRunner().invoke(app, ["train", "fusion", "--data", str(small_session), "--clip",
+                                   str(tiny_zoo / "clip"), "--out", str(tmp_path / "f.json")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "f.json").read_text())
+    assert -1.0 <= r["threshold"] <= 1.0 and r["pairs"] > 0
+    assert set(r["train_metrics"]) >= {"precision", "recall", "f1"}
+
+
+def test_bad_inputs_are_clear_errors(small_session, tiny_zoo):
+    res = CliRunner().invoke(app, ["bench", "render", "--zoo", str(tiny_zoo), "--data",
+                                   str(small_session), "--inputs", "dreams", "--config",
+                                   str(DEFAULT_CONFIG)])
+    assert res.exit_code != 0 and "dreams" in res.output
+    res = CliRunner().invoke(app, ["fidelity", "--zoo", str(tiny_zoo / "nowhere"), "--data",
+                                   str(small_session), "--config", str(DEFAULT_CONFIG)])
+    assert res.exit_code != 0 and "probe" in res.output
