@@ -312,8 +312,23 @@ def serve(
                                                        "until this many subscribers are "
                                                        "connected, so they miss nothing.")
                                 ] = 0,
+    render: Annotated[bool, typer.Option("--render/--no-render",
+                                         help="Also render video clips (SAD → MAD → CVR → "
+                                              "fusion, from --zoo; needs torch) and publish "
+                                              "them on the `video` topic. A renderer that "
+                                              "falls behind skips clips, never volumes.")
+                      ] = False,
+    render_steps: Annotated[int, typer.Option(help="Sampling steps of the renderer.")] = 4,
+    zoo: Annotated[Path, typer.Option(help="Model zoo for --render: sad/, mad/, vae/, unet/, "
+                                           "motion/, clip/ (default: the shipped toy zoo).")
+                   ] = ZOO_DIR,
+    fusion_threshold: Annotated[float, typer.Option(help="--render: chain a clip to the "
+                                                         "previous one when their keyframes' "
+                                                         "cosine similarity is at least "
+                                                         "this.")] = 0.8,
 ) -> None:
-    """Run the scanner-side daemon: decode volumes as they arrive and publish captions."""
+    """Run the scanner-side daemon: decode volumes as they arrive and publish captions (and,
+    with --render, video clips)."""
     import logging
     import signal
 
@@ -324,6 +339,8 @@ def serve(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if render:
+            _check_render_zoo(zoo)  # before anything slow
         cfg = load_config(config)
         ep = parse_endpoint(source or cfg.stream.source)
         pub_uri = check_publish(publish or cfg.stream.publish)
@@ -341,6 +358,8 @@ def serve(
             if want is not None and want != got:
                 raise ModelMismatch(f"{mask}: mask hash {got} differs from the model's {want} "
                                     "(the model was trained on another voxel space)")
+        worker = _render_worker(zoo, subject, render_steps, fusion_threshold,
+                                dec.engine.n_inputs) if render else None
         src = open_source(ep, recv_timeout_s=idle_exit, stop_on_eos=once,
                           max_bytes=int(cfg.stream.max_message_mb * 2**20))
     except (ConfigError, DataError, ValueError, FileNotFoundError, TimeoutError,
@@ -358,7 +377,7 @@ def serve(
 
         outlet = LslCaptionOutlet(session=session)
     daemon = Daemon(cfg, dec, src, publisher, journal=Journal(jpath), caption_outlet=outlet,
-                    session=session, mask=mask_arr)
+                    session=session, mask=mask_arr, renderer=worker)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
     if wait_subscribers and not publisher.wait_for_subscribers(wait_subscribers, 30.0):
@@ -374,6 +393,37 @@ def serve(
                f"{c['finals']} final captions; malformed {c['malformed']}, dropped "
                f"{c['dropped']}, late {c['late']}, duplicates {c['duplicates']}, missing "
                f"{c['missing']}", err=True)
+    if worker is not None:
+        typer.echo(f"rendered {c['renders']} clips; {c['renders_dropped']} skipped (renderer "
+                   f"behind), {c['render_errors']} failed", err=True)
+
+
+def _check_render_zoo(zoo: Path) -> None:
+    if not (zoo / "unet").is_dir():
+        raise FileNotFoundError(f"--render: {zoo} has no unet/ (the renderer's UNet): train it "
+                                "with `rtdecode train unet` (and `rtdecode train motion`) or "
+                                "`make zoo`, or pass --zoo")
+
+
+def _render_worker(zoo: Path, subject: str, steps: int, fusion_threshold: float,
+                   n_inputs: int):
+    """``serve --render``'s worker from the zoo, checked against the decoder's input."""
+    _check_render_zoo(zoo)
+    try:
+        from .render.cvr import CVRSettings
+        from .render.worker import RenderWorker
+    except ImportError as exc:
+        raise RuntimeError(f"--render needs torch and diffusers: {exc}") from exc
+    worker = RenderWorker.from_zoo(zoo, subject, settings=CVRSettings(steps=steps),
+                                   fusion_threshold=fusion_threshold)
+    if worker.n_voxels != n_inputs:
+        raise ValueError(f"--render: the decoder takes {n_inputs} inputs per window, the "
+                         f"zoo's SAD ({zoo / 'sad'}) takes {worker.n_voxels} for {subject!r}; "
+                         "serve a decoder of the same voxel space and window (e.g. --model "
+                         f"{zoo / 'sad'})")
+    typer.echo(f"renderer: {zoo} ({steps} steps, MAD {'on' if worker.mad else 'off'}, "
+               f"fusion threshold {fusion_threshold:g})", err=True)
+    return worker
 
 
 @app.command()
@@ -456,7 +506,9 @@ def subscribe(
                                              "video, status.")] = "caption",
     final_only: Annotated[bool, typer.Option(help="Print final captions only.")] = False,
     save: Annotated[Path | None, typer.Option(help="Save received captions (captions.jsonl) "
-                                                   "and video clips (clip-ID.npy) here.")
+                                                   "and video clips here: each as "
+                                                   "SESSION_clip-ID_chain-ID.mp4 and .npy "
+                                                   "(raw frames), headers in clips.jsonl.")
                     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON header per "
                                                          "line.")] = False,
@@ -466,8 +518,6 @@ def subscribe(
                                                        "a message.")] = None,
 ) -> None:
     """Print decoded captions live (and save them, and clips)."""
-    import numpy as np
-
     from .transport.zmq import ZmqSubscriber
     from .wire import OUTPUT_TOPICS, video_frames
 
@@ -475,10 +525,12 @@ def subscribe(
     bad = [t for t in wanted if t not in OUTPUT_TOPICS]
     if bad:
         _fail(f"unknown topic(s) {bad}; choose from {list(OUTPUT_TOPICS)}")
-    fh = None
+    fh = vh = None
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
         fh = (save / "captions.jsonl").open("a", encoding="utf-8", buffering=1)
+        if "video" in wanted:
+            vh = (save / "clips.jsonl").open("a", encoding="utf-8", buffering=1)
     finals = 0
     sub = ZmqSubscriber(uri, topics=tuple(wanted), recv_timeout_s=timeout)
     try:
@@ -490,7 +542,11 @@ def subscribe(
                 if final_only and not header.get("final"):
                     continue
             elif topic == "video" and save is not None:
-                np.save(save / f"clip-{header['clip_id']}.npy", video_frames(header, buffers))
+                from .render.video import save_clip
+
+                save_clip(save, header.get("session", ""), header["clip_id"],
+                          header["chain_id"], video_frames(header, buffers), header["fps"])
+                vh.write(json.dumps(header) + "\n")
             if as_json:
                 typer.echo(json.dumps({"topic": topic, **header}))
             elif topic == "caption":
@@ -507,8 +563,9 @@ def subscribe(
         pass
     finally:
         sub.close()
-        if fh is not None:
-            fh.close()
+        for h in (fh, vh):
+            if h is not None:
+                h.close()
 
 
 zoo_app = typer.Typer(help="The toy model zoo.", no_args_is_help=True)

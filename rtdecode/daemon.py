@@ -10,9 +10,13 @@ slow stage or a slow subscriber:
   so far: a *provisional* caption when the first volume of a clip's window arrives, refined
   as it fills, *final* when complete (a window whose last volume never came is finalised,
   bridged, when a later volume shows the gap);
-- **publish** sends outputs (``caption``, ``semantics``, ``status``) to the publisher, the
-  optional LSL caption outlet and the journal; a publisher that cannot keep up drops outputs
-  (counted), never volumes;
+- **publish** sends outputs (``caption``, ``semantics``, ``video``, ``status``) to the
+  publisher, the optional LSL caption outlet and the journal; a publisher that cannot keep up
+  drops outputs (counted), never volumes;
+- **render** (optional, with a ``renderer``) takes the newest final clip from a latest-wins
+  slot and queues the rendered ``video``; a renderer that cannot keep up drops renders
+  (``renders_dropped``), never volumes; at the end of the stream the newest clip is still
+  rendered and published;
 - **status** puts a heartbeat with counters, queue depths and per-stage latency percentiles
   on the publish queue every ``status_interval_s``.
 
@@ -22,6 +26,7 @@ A volume from a new ``session`` label starts a new run: the preprocessing state 
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import sys
@@ -58,6 +63,22 @@ class _RunState:
     seen: set[int] = field(default_factory=set)
 
 
+def _json_items(meta: dict, exclude: dict) -> dict:
+    """The items of ``meta`` that JSON can carry, but not the keys of ``exclude`` (a
+    renderer's extras never override the protocol's header keys)."""
+    out = {}
+    for k, v in meta.items():
+        if not isinstance(k, str) or k in exclude or k == "v" or k == "t_emit":
+            continue
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError):
+            log.debug("video header: left out meta[%r] (not JSON)", k)
+            continue
+        out[k] = v
+    return out
+
+
 class LatencyLog:
     """Bounded per-stage latency samples (ms) with percentiles."""
 
@@ -79,13 +100,20 @@ class LatencyLog:
 
 class LatestWins:
     """A one-slot hand-off: ``put`` replaces what is waiting (counting it as dropped), ``get``
-    blocks for the newest item. A renderer that falls behind skips clips, never volumes."""
+    blocks for the newest item. A renderer that falls behind skips clips, never volumes.
+    After :meth:`close`, ``get`` still returns the waiting item, then ``_STOP``."""
 
     def __init__(self):
         self._item = None
         self._has = False
+        self._closed = False
         self._cond = threading.Condition()
         self.replaced = 0
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def put(self, item) -> None:
         with self._cond:
@@ -96,8 +124,10 @@ class LatestWins:
 
     def get(self, timeout: float | None = None):
         with self._cond:
-            if not self._cond.wait_for(lambda: self._has, timeout):
+            if not self._cond.wait_for(lambda: self._has or self._closed, timeout):
                 raise queue.Empty
+            if not self._has:
+                return _STOP
             item, self._item, self._has = self._item, None, False
             return item
 
@@ -109,8 +139,11 @@ class Daemon:
     """Decode a stream of volumes into published captions; see the module docstring.
 
     ``renderer``, when given, is called on its own thread as ``renderer(semantics)`` with the
-    newest final :class:`~rtdecode.messages.Semantics` and returns a
-    :class:`~rtdecode.messages.Clip`, published on the ``video`` topic; the hand-off is
+    newest final :class:`~rtdecode.messages.Semantics` — or, if it has a truthy
+    ``takes_window`` attribute (e.g. :class:`~rtdecode.render.worker.RenderWorker`), as
+    ``renderer(semantics, window)`` with the float32 voxel window the engine decoded — and
+    returns a :class:`~rtdecode.messages.Clip`, published on the ``video`` topic with its
+    ``render_ms`` and the JSON-serialisable items of ``Clip.meta``; the hand-off is
     latest-wins, so a slow renderer drops renders (``renders_dropped``), never volumes.
     """
 
@@ -206,6 +239,7 @@ class Daemon:
                 log.exception("stage %s failed", fn.__name__)
                 self._errors.append(exc)
                 self._stop.set()
+                self._render_slot.close()
                 for q in (self._in, self._out):
                     try:
                         q.put_nowait(_STOP)
@@ -314,7 +348,10 @@ class Daemon:
                                            for w in range(self.width)], t_recv, k)
             for old in [i for i in st.buffer if i < k - self.lag - 2 * self.width]:
                 del st.buffer[old]
-        self._out.put(_STOP)
+        if self.renderer is not None:
+            self._render_slot.close()  # the render stage finishes its clip, then ends output
+        else:
+            self._out.put(_STOP)
 
     def _window(self, st: _RunState, clip_tr: int) -> tuple[np.ndarray, int] | None:
         """The decoder input for a clip from the volumes of its window received so far."""
@@ -367,11 +404,12 @@ class Daemon:
                 "bridged": bool(final and n < self.width), "trigger_tr": int(trigger),
                 "decode_ms": round(ms, 3), "latency_ms": round((t1 - t_recv) * 1e3, 3)},
                 t_recv=t_recv)
-        for (clip_tr, final, n), p in zip(meta, pred):
+        for (clip_tr, final, n), p, x in zip(meta, pred, rows):
             if final and self.renderer is not None:
                 # Single-target engines (ridge) carry the same vector at all three levels.
                 self._render_slot.put((Semantics(clip_tr, p, p, p, n_volumes=n, final=True,
-                                                 session=session), t_recv))
+                                                 session=session),
+                                       np.asarray(x, np.float32), t_recv))
             self._queue_out("semantics", {
                 "session": session, "tr_index": int(clip_tr), "final": bool(final),
                 "n_volumes": n, "dtype": "float32", "shape": [int(p.shape[0])]},
@@ -405,14 +443,18 @@ class Daemon:
                 self.latency.add("end_to_end", (t1 - t_recv) * 1e3)
 
     def _render_loop(self) -> None:
-        while not self._stop.is_set():
+        takes_window = bool(getattr(self.renderer, "takes_window", False))
+        while True:
             try:
-                sem, t_recv = self._render_slot.get(timeout=0.1)
+                item = self._render_slot.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if item is _STOP:  # decoding ended: the newest clip was rendered, output ends
+                break
+            sem, window, t_recv = item
             t0 = time.perf_counter()
             try:
-                clip = self.renderer(sem)
+                clip = self.renderer(sem, window) if takes_window else self.renderer(sem)
                 if not isinstance(clip, Clip):
                     raise TypeError(f"renderer returned {type(clip).__name__}, not a Clip")
             except Exception as exc:  # a failed render loses that clip, nothing else
@@ -421,13 +463,18 @@ class Daemon:
                 if self.strict:
                     raise
                 continue
-            self.latency.add("render", (time.perf_counter() - t0) * 1e3)
+            ms = (time.perf_counter() - t0) * 1e3
+            self.latency.add("render", ms)
             self._count("renders")
             f = clip.frames
-            self._queue_out("video", {
-                "session": sem.session, "tr_index": int(sem.tr_index), "clip_id": clip.clip_id,
-                "chain_id": clip.chain_id, "fps": float(clip.fps), "shape": list(f.shape),
-                "dtype": "uint8"}, np.ascontiguousarray(f).tobytes(), t_recv=None)
+            header = {
+                "session": sem.session, "tr_index": int(sem.tr_index),
+                "clip_id": int(clip.clip_id), "chain_id": int(clip.chain_id),
+                "fps": float(clip.fps), "shape": list(f.shape), "dtype": "uint8",
+                "render_ms": round(ms, 3)}
+            self._queue_out("video", {**_json_items(clip.meta, exclude=header), **header},
+                            np.ascontiguousarray(f).tobytes(), t_recv=None)
+        self._out.put(_STOP)
 
     def _wanted(self, topic: str) -> bool:
         """Skip encoding a topic nobody subscribes to (PUB would drop it anyway)."""

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,19 @@ class RenderOutput:
     anchor_frame: np.ndarray    # (H, W, 3) uint8: stage 2
     seconds: dict[str, float]   # wall time per stage and in total
     unet_evals: int             # UNet forward passes (a batch counts once)
+
+
+@dataclass
+class Anchor:
+    """Stages 1 and 2 of one clip (:meth:`CVR.anchor`): its keyframe, before the video."""
+
+    frame: np.ndarray                   # (H, W, 3) uint8: the anchor frame (keyframe)
+    latent: torch.Tensor                # (1, C, h, w): its latent
+    motion_latents: np.ndarray | None   # (T, C, h, w) MAD's latents it was rendered from
+    motion_frames: np.ndarray | None    # (T, H, W, 3) uint8: stage 1 (None without MAD)
+    seconds: dict[str, float]           # wall time of stages 1 and 2
+    unet_evals: int
+    rng_state: torch.Tensor             # the sampling generator after stage 2
 
 
 def make_scheduler(name: str, schedule: dict[str, Any]):
@@ -212,104 +227,172 @@ class CVR:
         uncond, cond_eps = both.chunk(2)
         return uncond + g * (cond_eps - uncond)
 
+    def _check_first_frame(self, first_frame: np.ndarray | None) -> np.ndarray | None:
+        if first_frame is None:
+            return None
+        ff = np.asarray(first_frame)
+        size = self.vae.latent_shape[-1] * self._vae_factor()
+        if ff.dtype != np.uint8 or ff.shape != (size, size, 3):
+            raise ValueError(f"first_frame {ff.dtype} {ff.shape}: want uint8 "
+                             f"({size}, {size}, 3)")
+        return ff
+
+    @contextmanager
+    def _torch_threads(self) -> Iterator[None]:
+        prev = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(prev)
+
+    @contextmanager
+    def _using(self, settings: CVRSettings | None) -> Iterator[None]:
+        if settings is None:
+            yield
+            return
+        old, self.settings = self.settings, settings
+        try:
+            yield
+        finally:
+            self.settings = old
+
+    # ---------------------------------------------------------------------------- stages
+    def _stages_1_2(self, c2: torch.Tensor, z_motion: np.ndarray | None,
+                    first_frame: np.ndarray | None, gen: torch.Generator,
+                    motion_frames: np.ndarray | None = None) -> Anchor:
+        """Stage 1 (unless ``motion_frames`` are given) and stage 2, or the first frame's
+        latent in place of stage 2."""
+        s = self.settings
+        secs: dict[str, float] = {}
+        evals = 0
+        # 1. motion frames
+        t0 = time.perf_counter()
+        if z_motion is not None and motion_frames is None:
+            motion_frames = self.vae.decode(z_motion)
+        secs["motion"] = time.perf_counter() - t0
+
+        # 2. anchor frame (img2img from the first motion latent), or fusion's tail frame
+        t0 = time.perf_counter()
+        if first_frame is not None:
+            latent = torch.from_numpy(self.vae.encode(first_frame[None]))
+        else:
+            sched = make_scheduler(s.scheduler, self.schedule)
+            noise = torch.randn((1, *self.vae.latent_shape), generator=gen)
+            if z_motion is not None:
+                ts, _ = self._timesteps(sched, s.anchor_strength)
+                z = sched.add_noise(torch.from_numpy(z_motion[:1]), noise, ts[:1])
+            else:
+                sched.set_timesteps(s.steps)
+                ts = sched.timesteps
+                z = noise * sched.init_noise_sigma
+            for t in ts:
+                zin = sched.scale_model_input(z, t)
+                z = sched.step(self._eps(self.unet, zin, t, c2, None), t, z).prev_sample
+                evals += 1
+            latent = z
+        frame = self.vae.decode(latent.numpy())[0]
+        secs["anchor"] = time.perf_counter() - t0
+        return Anchor(frame, latent, z_motion, motion_frames, secs, evals, gen.get_state())
+
+    def _stage_3(self, c3: torch.Tensor, zm: torch.Tensor, anchor: torch.Tensor,
+                 gen: torch.Generator) -> tuple[np.ndarray, int]:
+        """Video-to-video from the motion latents ``zm`` (T, C, h, w), frame 0 tied to the
+        anchor latent."""
+        s = self.settings
+        n_frames = len(zm)
+        sched = make_scheduler(s.scheduler, self.schedule)
+        ts, _ = self._timesteps(sched, s.video_strength)
+        noise = torch.randn(zm.shape, generator=gen)
+        video = self.video_unet is not None and s.use_motion_module
+        z = sched.add_noise(zm, noise, ts[:1])                          # (T, C, h, w)
+        tie_noise = noise[:1]
+        evals = 0
+        for t in ts:
+            if s.tie_first_frame:
+                z[:1] = sched.add_noise(anchor, tie_noise, t.reshape(1))
+            zin = sched.scale_model_input(z, t)
+            if video:
+                x = zin.permute(1, 0, 2, 3)[None]                       # (1, C, T, h, w)
+                eps = self._eps(self.video_unet, x, t, c3, n_frames)[0].permute(1, 0, 2, 3)
+            else:
+                eps = self._eps(self.unet, zin, t, c3.expand(len(zin), -1, -1), None)
+            z = sched.step(eps, t, z).prev_sample
+            evals += 1
+        if s.tie_first_frame:
+            z[:1] = anchor
+        return self.vae.decode(z.numpy()), evals
+
+    # ---------------------------------------------------------------------------- calls
+    @torch.no_grad()
+    def anchor(self, semantics: np.ndarray, motion_latents: np.ndarray | None = None, *,
+               settings: CVRSettings | None = None) -> Anchor:
+        """Stages 1 and 2 only: the clip's keyframe, e.g. for fusion's decision before the
+        video is rendered. Pass the result to :meth:`__call__` (``anchor=``) with the same
+        semantics and settings to finish the clip; the clip is then exactly the one a single
+        call renders."""
+        with self._using(settings):
+            c2, _ = self._conditions(semantics)
+            z_motion = self._check_latents(motion_latents)
+            gen = torch.Generator().manual_seed(self.settings.seed)
+            with self._torch_threads():
+                return self._stages_1_2(c2, z_motion, None, gen)
+
     @torch.no_grad()
     def __call__(self, semantics: np.ndarray, motion_latents: np.ndarray | None = None, *,
                  first_frame: np.ndarray | None = None, frames: int = 8,
-                 settings: CVRSettings | None = None) -> RenderOutput:
+                 settings: CVRSettings | None = None, anchor: Anchor | None = None
+                 ) -> RenderOutput:
         """Render one clip.
 
         ``semantics``: decoded token states ``(levels, tokens, width)`` (or levels flattened);
         ``motion_latents``: MAD's ``(frames, C, h, w)`` or None (no MAD: stage 2 starts from
         noise and stage 3 from the anchor latent repeated); ``first_frame``: a uint8 frame that
-        replaces the anchor frame as frame 0 (multi-fMRI fusion's tail frame).
+        replaces the anchor frame as frame 0 (multi-fMRI fusion's tail frame; with
+        ``tie_first_frame`` the clip's frame 0 is exactly it); ``anchor``: the
+        result of :meth:`anchor` for these semantics and motion latents (stages 1 and 2 are
+        then not run again; with ``first_frame`` only its motion frames are used).
         """
-        if settings is not None:
-            old, self.settings = self.settings, settings
-            try:
-                return self(semantics, motion_latents, first_frame=first_frame, frames=frames)
-            finally:
-                self.settings = old
-        s = self.settings
-        c2, c3 = self._conditions(semantics)
-        z_motion = self._check_latents(motion_latents)
-        if first_frame is not None:
-            ff = np.asarray(first_frame)
-            size = self.vae.latent_shape[-1] * self._vae_factor()
-            if ff.dtype != np.uint8 or ff.shape != (size, size, 3):
-                raise ValueError(f"first_frame {ff.dtype} {ff.shape}: want uint8 "
-                                 f"({size}, {size}, 3)")
-        n_frames = len(z_motion) if z_motion is not None else int(frames)
-        prev = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        gen = torch.Generator().manual_seed(s.seed)
-        secs: dict[str, float] = {}
-        evals = 0
-        try:
-            # 1. motion frames
-            t0 = time.perf_counter()
-            if z_motion is not None:
-                motion_frames = self.vae.decode(z_motion)
-                zm = torch.from_numpy(z_motion)
+        with self._using(settings):
+            c2, c3 = self._conditions(semantics)
+            if anchor is None:
+                z_motion = self._check_latents(motion_latents)
             else:
-                zm = None
-            secs["motion"] = time.perf_counter() - t0
-
-            # 2. anchor frame (img2img from the first motion latent), or fusion's tail frame
-            t0 = time.perf_counter()
-            if first_frame is not None:
-                anchor = torch.from_numpy(self.vae.encode(np.asarray(first_frame)[None]))
-            else:
-                sched = make_scheduler(s.scheduler, self.schedule)
-                noise = torch.randn((1, *self.vae.latent_shape), generator=gen)
-                if zm is not None:
-                    ts, n = self._timesteps(sched, s.anchor_strength)
-                    z = sched.add_noise(zm[:1], noise, ts[:1])
+                z_motion = anchor.motion_latents
+                if motion_latents is not None and not (
+                        z_motion is not None and np.array_equal(motion_latents, z_motion)):
+                    raise ValueError("motion_latents differ from those the anchor was "
+                                     "rendered from (pass them to anchor() only)")
+            ff = self._check_first_frame(first_frame)
+            n_frames = len(z_motion) if z_motion is not None else int(frames)
+            gen = torch.Generator().manual_seed(self.settings.seed)
+            with self._torch_threads():
+                if anchor is None:
+                    a = self._stages_1_2(c2, z_motion, ff, gen)
+                elif ff is None:
+                    a = anchor
+                    gen.set_state(anchor.rng_state)  # stage 3 draws what one call would
                 else:
-                    sched.set_timesteps(s.steps)
-                    ts = sched.timesteps
-                    z = noise * sched.init_noise_sigma
-                for t in ts:
-                    zin = sched.scale_model_input(z, t)
-                    z = sched.step(self._eps(self.unet, zin, t, c2, None), t, z).prev_sample
-                    evals += 1
-                anchor = z
-            anchor_frame = self.vae.decode(anchor.numpy())[0]
-            secs["anchor"] = time.perf_counter() - t0
-            if zm is None:
-                zm = anchor.repeat(n_frames, 1, 1, 1)
-                motion_frames = np.repeat(anchor_frame[None], n_frames, axis=0)
-
-            # 3. video (video-to-video from the motion latents, frame 0 tied to the anchor)
-            t0 = time.perf_counter()
-            sched = make_scheduler(s.scheduler, self.schedule)
-            ts, _ = self._timesteps(sched, s.video_strength)
-            noise = torch.randn(zm.shape, generator=gen)
-            video = self.video_unet is not None and s.use_motion_module
-            z = sched.add_noise(zm, noise, ts[:1])                      # (T, C, h, w)
-            tie_noise = noise[:1]
-            for t in ts:
-                if s.tie_first_frame:
-                    z[:1] = sched.add_noise(anchor, tie_noise, t.reshape(1))
-                zin = sched.scale_model_input(z, t)
-                if video:
-                    x = zin.permute(1, 0, 2, 3)[None]                   # (1, C, T, h, w)
-                    eps = self._eps(self.video_unet, x, t, c3, n_frames)[0].permute(1, 0, 2, 3)
+                    a = self._stages_1_2(c2, z_motion, ff, gen, anchor.motion_frames)
+                    a.seconds["motion"] = anchor.seconds["motion"]
+                if z_motion is None:
+                    zm = a.latent.repeat(n_frames, 1, 1, 1)
+                    motion_frames = np.repeat(a.frame[None], n_frames, axis=0)
                 else:
-                    eps = self._eps(self.unet, zin, t, c3.expand(len(zin), -1, -1), None)
-                z = sched.step(eps, t, z).prev_sample
-                evals += 1
-            if s.tie_first_frame:
-                z[:1] = anchor
-            out = self.vae.decode(z.numpy())
-            if s.tie_first_frame:  # bit-exact (batched decoding may differ in the last bit)
-                out[0] = anchor_frame
-            secs["video"] = time.perf_counter() - t0
-        finally:
-            torch.set_num_threads(prev)
+                    zm = torch.from_numpy(z_motion)
+                    motion_frames = a.motion_frames
+                t0 = time.perf_counter()
+                out, evals = self._stage_3(c3, zm, a.latent, gen)
+                if self.settings.tie_first_frame:
+                    # frame 0 is bit-exact: fusion's tail frame (not its VAE round trip), or
+                    # the anchor frame (batched decoding may differ from it in the last bit)
+                    out = np.array(out, copy=True)
+                    out[0] = ff if ff is not None else a.frame
+                secs = {**a.seconds, "video": time.perf_counter() - t0}
         secs["total"] = sum(secs.values())
-        return RenderOutput(out, motion_frames, anchor_frame,
-                            {k: round(v, 4) for k, v in secs.items()}, evals)
+        return RenderOutput(out, motion_frames, a.frame,
+                            {k: round(v, 4) for k, v in secs.items()}, a.unet_evals + evals)
 
     def _vae_factor(self) -> int:
         c = self.vae.model.config

@@ -8,6 +8,7 @@ that every player opens it), GIF through imageio's pillow plugin. All frames are
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +59,23 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, *, scale: int 
         iio3.imwrite(path, frames, plugin="pillow", extension=".gif",
                      duration=1000.0 / float(fps), loop=0)
     return path
+
+
+def clip_name(session: str, clip_id: int, chain_id: int) -> str:
+    """File stem of a received clip: ``SESSION_clip-000012_chain-0003`` (the session label
+    with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``)."""
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", session) or "session"
+    return f"{label}_clip-{int(clip_id):06d}_chain-{int(chain_id):04d}"
+
+
+def save_clip(folder: str | Path, session: str, clip_id: int, chain_id: int,
+              frames: np.ndarray, fps: float, *, scale: int = 1) -> tuple[Path, Path]:
+    """Save a clip as raw frames (``.npy``, exact) and as an MP4 (:func:`write_video`) in
+    ``folder``, named by :func:`clip_name`; returns both paths."""
+    stem = Path(folder) / clip_name(session, clip_id, chain_id)
+    raw = stem.with_suffix(".npy")
+    np.save(raw, frames)
+    return raw, write_video(stem.with_suffix(".mp4"), frames, fps, scale=scale)
 
 
 def read_video(path: str | Path) -> np.ndarray:
