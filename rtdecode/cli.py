@@ -322,10 +322,10 @@ def serve(
     zoo: Annotated[Path, typer.Option(help="Model zoo for --render: sad/, mad/, vae/, unet/, "
                                            "motion/, clip/ (default: the shipped toy zoo).")
                    ] = ZOO_DIR,
-    fusion_threshold: Annotated[float, typer.Option(help="--render: chain a clip to the "
-                                                         "previous one when their keyframes' "
-                                                         "cosine similarity is at least "
-                                                         "this.")] = 0.8,
+    fusion_threshold: Annotated[float | None, typer.Option(
+        help="--render: chain a clip to the previous one when their keyframes' cosine "
+             "similarity is at least this (default: the zoo's calibrated fusion.json, else "
+             "0.9).")] = None,
 ) -> None:
     """Run the scanner-side daemon: decode volumes as they arrive and publish captions (and,
     with --render, video clips)."""
@@ -405,15 +405,18 @@ def _check_render_zoo(zoo: Path) -> None:
                                 "`make zoo`, or pass --zoo")
 
 
-def _render_worker(zoo: Path, subject: str, steps: int, fusion_threshold: float,
+def _render_worker(zoo: Path, subject: str, steps: int, fusion_threshold: float | None,
                    n_inputs: int):
     """``serve --render``'s worker from the zoo, checked against the decoder's input."""
     _check_render_zoo(zoo)
     try:
         from .render.cvr import CVRSettings
+        from .render.session import fusion_threshold as calibrated
         from .render.worker import RenderWorker
     except ImportError as exc:
         raise RuntimeError(f"--render needs torch and diffusers: {exc}") from exc
+    if fusion_threshold is None:
+        fusion_threshold = calibrated(zoo)
     worker = RenderWorker.from_zoo(zoo, subject, settings=CVRSettings(steps=steps),
                                    fusion_threshold=fusion_threshold)
     if worker.n_voxels != n_inputs:

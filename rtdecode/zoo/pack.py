@@ -2,7 +2,9 @@
 curves; optimizer states are left behind.
 
 A zoo folder holds ``clip/``, ``vae/`` and any of ``sad/``, ``mlp/``, ``noise_free/``,
-``mad/`` (SAD/MAD checkpoint folders, see :mod:`rtdecode.models.train`).
+``mad/`` (SAD/MAD checkpoint folders, see :mod:`rtdecode.models.train`), the renderer's
+``unet/`` and ``motion/`` (:mod:`rtdecode.zoo.unet`), the fidelity ``probe/`` and the fusion
+threshold ``fusion.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 DECODERS = ("sad", "mlp", "noise_free", "mad")
 #: Small side files copied beside the weights.
-SIDE_FILES = ("loss.csv", "metrics.json")
+SIDE_FILES = ("loss.csv", "loss.png", "metrics.json", "curve.csv", "curve.png")
+RENDER = ("unet", "motion")
 
 
 def pack_zoo(src: str | Path, dst: str | Path) -> dict[str, int]:
@@ -35,7 +38,18 @@ def pack_zoo(src: str | Path, dst: str | Path) -> dict[str, int]:
         if (src / name).is_dir():
             model, meta = load_checkpoint(src / name)
             save_checkpoint(model, dst / name, meta, fp16=True)
-    for name in ("clip", "vae", *DECODERS):
+    from .unet import export_fp16 as render_fp16
+
+    for name in RENDER:
+        if (src / name).is_dir():
+            render_fp16(src / name, dst / name, name)
+    if (src / "probe").is_dir():  # already float16
+        (dst / "probe").mkdir(parents=True, exist_ok=True)
+        for f in ("probe.safetensors", "config.json"):
+            shutil.copy2(src / "probe" / f, dst / "probe" / f)
+    if (src / "fusion.json").is_file():
+        shutil.copy2(src / "fusion.json", dst / "fusion.json")
+    for name in ("clip", "vae", *DECODERS, *RENDER, "probe"):
         if not (dst / name).is_dir():
             continue
         for side in SIDE_FILES:

@@ -331,3 +331,89 @@ def export_fp16(src: str | Path, dst: str | Path) -> Path:
     return save_toy_vae(vae.model, ToyVAEConfig.from_dict(meta["train"]), dst,
                         scaling_factor=meta["scaling_factor"], metrics=meta.get("metrics"),
                         fp16=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoder fine-tuning (keeps the latent space)
+
+
+def object_weights(records: list[dict], frame_idx: np.ndarray, size: int, n_frames: int,
+                   weight: float, translate: float = 18.0, scale: float = 1.5) -> torch.Tensor:
+    """``(B, 1, H, W)`` loss weights: ``1 + weight`` on a disk around every object at that
+    frame (its position and size interpolated over the clip from the caption record's start
+    state and motion), 1 elsewhere. Objects cover a small part of a frame, so an unweighted
+    pixel loss lets a small decoder paint them as faint blobs."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.ones((len(records), 1, size, size), np.float32)
+    moves = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+    for i, (r, f) in enumerate(zip(records, frame_idx)):
+        t = float(f) / max(1, n_frames - 1)
+        for o in r.get("objects", []):
+            dx, dy = moves.get(o["motion"], (0, 0))
+            x, y = o["x"] + dx * translate * t, o["y"] + dy * translate * t
+            rad = o["r"] * (scale if o["motion"] == "grow" else 1.0)
+            out[i, 0][(xx - x) ** 2 + (yy - y) ** 2 <= (1.3 * rad + 1) ** 2] += weight
+    return torch.from_numpy(out)
+
+
+def finetune_decoder(data_dir: str | Path, vae_dir: str | Path, out_dir: str | Path, *,
+                     steps: int = 600, batch_size: int = 32, lr: float = 3e-4,
+                     object_weight: float = 8.0, seed: int = 0, progress: bool = True,
+                     max_minutes: float | None = None, threads: int | None = None) -> ToyVAE:
+    """Fine-tune only the decoder (and ``post_quant_conv``) of a trained toy VAE with an
+    object-weighted L1 + gradient loss. The encoder and the scaling factor are unchanged, so
+    the latent space — MAD's targets and the UNet's training data — stays exactly the same;
+    only what latents decode to improves. Writes a VAE checkpoint folder to ``out_dir``."""
+    from .clip import load_stimuli
+
+    if threads:
+        torch.set_num_threads(threads)
+    meta = json.loads((Path(vae_dir) / CONFIG_FILE).read_text())
+    cfg = ToyVAEConfig.from_dict(meta["train"])
+    vae = load_toy_vae(vae_dir)
+    model = vae.model
+    frames, records = load_stimuli(data_dir)
+    train_ids, val_ids = split_frames(frames, records, cfg)
+    n_frames, size = frames.shape[1], frames.shape[2]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [*model.decoder.parameters(), *model.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    vrng = np.random.default_rng([seed, 8])
+    vidx = (val_ids[vrng.integers(0, len(val_ids), 256)], vrng.integers(0, n_frames, 256))
+    val = np.asarray(frames[vidx[0], vidx[1]])
+    before = psnr(vae.decode(vae.encode(val)), val)
+    torch.manual_seed(seed)
+    t_start = time.monotonic()
+    bar = tqdm(range(steps), disable=not progress, desc="vae decoder", unit="step")
+    for step in bar:
+        rng = np.random.default_rng([seed, 3, step])
+        clips = train_ids[rng.integers(0, len(train_ids), batch_size)]
+        fidx = rng.integers(0, n_frames, len(clips))
+        x = frames_to_pixels(np.asarray(frames[clips, fidx]))
+        w = object_weights([records[int(c)] for c in clips], fidx, size, n_frames,
+                           object_weight)
+        with torch.no_grad():
+            z = model.encode(x).latent_dist.mean
+        model.decoder.train()
+        y = model.decode(z).sample
+        loss = ((y - x).abs() * w).mean() / w.mean() + cfg.grad_weight * _grad_l1(y, x)
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if max_minutes is not None and time.monotonic() - t_start >= 60 * max_minutes:
+            break
+    model.eval()
+    after = psnr(vae.decode(vae.encode(val)), val)
+    metrics = {**meta.get("metrics", {}), "val_psnr_db": round(after, 2),
+               "decoder_finetune": {"steps": step + 1, "object_weight": object_weight,
+                                    "val_psnr_before_db": round(before, 2),
+                                    "seconds": round(time.monotonic() - t_start, 1)}}
+    save_toy_vae(model, cfg, out_dir, scaling_factor=meta["scaling_factor"], metrics=metrics)
+    return load_toy_vae(out_dir)
