@@ -168,6 +168,34 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class RenderConfig:
+    """The video renderer (CVR): which weights, and how clips are sampled.
+
+    ``weights = "toy"`` loads the toy zoo (``zoo``; empty = the shipped one). ``"sd15"`` loads
+    real weights from local folders: an SD1.5 checkpoint in diffusers layout (``sd15``) and
+    an AnimateDiff / AnimateLCM ``MotionAdapter`` (``motion_adapter``); SAD must then decode
+    77x768 CLIP ViT-L/14 token states (its ``paper`` preset). That path is written against
+    the documented diffusers API and has not been run (no weights or GPU here).
+    """
+
+    weights: str = param("toy", choices=("toy", "sd15"), doc="toy zoo or real SD1.5 weights")
+    zoo: str = param("", doc="toy zoo folder ('' = the shipped rtdecode/zoo/weights)")
+    sd15: str = param("", doc="local SD1.5 folder in diffusers layout (weights = sd15)")
+    motion_adapter: str = param("", doc="local AnimateDiff/AnimateLCM MotionAdapter folder")
+    steps: int = param(4, ge=1, le=1000, doc="scheduler steps")
+    scheduler: str = param("dpm", choices=("dpm", "ddim", "euler"),
+                           doc="DPM-Solver++, DDIM or Euler")
+    guidance: float = param(1.0, ge=1.0, le=30.0, doc="classifier-free guidance (1 = off)")
+    anchor_strength: float = param(0.8, gt=0.0, le=1.0, doc="stage 2 img2img strength")
+    video_strength: float = param(0.6, gt=0.0, le=1.0, doc="stage 3 video-to-video strength")
+    fusion: bool = param(True, doc="multi-fMRI fusion: chain clips of one scene")
+    fusion_threshold: float = param(-1.0, ge=-1.0, le=1.0,
+                                    doc="keyframe similarity to chain (-1 = the zoo's "
+                                        "calibrated fusion.json)")
+    threads: int = param(2, ge=0, le=256, doc="torch threads of the renderer (0 = default)")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole rtdecode config file."""
 
@@ -178,6 +206,7 @@ class Config:
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
     #: Free text naming what the file describes; shown by `rtdecode config`.
     description: str = ""
 

@@ -152,6 +152,25 @@ class CVR:
                    n_tokens=int(meta["cond"]["n_tokens"]), settings=settings, threads=threads)
 
     @classmethod
+    def from_config(cls, rc, default_zoo: str | Path) -> CVR:
+        """The renderer a config's ``[render]`` section names (:class:`RenderConfig`)."""
+        settings = CVRSettings(steps=rc.steps, scheduler=rc.scheduler, guidance=rc.guidance,
+                               anchor_strength=rc.anchor_strength,
+                               video_strength=rc.video_strength)
+        threads = rc.threads or None
+        if rc.weights == "sd15":
+            missing = [k for k in ("sd15", "motion_adapter") if not getattr(rc, k)]
+            if missing:
+                raise ValueError(f"[render] weights = 'sd15' needs {', '.join(missing)} "
+                                 "(local folders)")
+            for k in ("sd15", "motion_adapter"):
+                if not Path(getattr(rc, k)).is_dir():
+                    raise FileNotFoundError(f"[render] {k} = {getattr(rc, k)!r}: no such folder")
+            return cls.from_pretrained(rc.sd15, rc.motion_adapter, settings=settings,
+                                       threads=threads)
+        return cls.from_zoo(rc.zoo or default_zoo, settings=settings, threads=threads)
+
+    @classmethod
     def from_pretrained(cls, sd15: str | Path, motion_adapter: str | Path, *,
                         settings: CVRSettings = CVRSettings(), threads: int | None = None
                         ) -> CVR:
