@@ -44,13 +44,14 @@ zoo: venv
 	test -f $(STUDY)/simulation.json || $(RT) simulate $(STUDY) --preset study --subjects 1 --seed 0
 	$(RT) train clip --data $(STUDY) --out runs/zoo/clip --steps 600
 	$(RT) train vae --data $(STUDY) --out runs/zoo/vae --steps 600
+	$(RT) train vae-decoder --data $(STUDY) --vae runs/zoo/vae --out runs/zoo/vae --steps 500
 	$(TRAIN_SAD) --out runs/zoo/sad
 	$(TRAIN_SAD) --preset mlp --out runs/zoo/mlp
 	$(TRAIN_SAD) --noise-free --out runs/zoo/noise_free
 	$(RT) train mad --data $(STUDY) --config configs/study.toml --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/mad --epochs 12
 	$(RT) train probe --data $(STUDY) --out runs/zoo/probe
 	$(RT) train fusion --data $(STUDY) --clip runs/zoo/clip --out runs/zoo/fusion.json
-	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/unet --steps 3000
+	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/unet --steps 2000
 	$(RT) train motion --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --unet runs/zoo/unet --out runs/zoo/motion
 	$(TRAIN_SAD) --levels motion,holistic --out runs/ablations/without_anchor
 	$(TRAIN_SAD) --levels anchor,holistic --out runs/ablations/without_motion
