@@ -1,5 +1,5 @@
-# The two commands of the README: `make demo` (the main job on the toy world) and
-# `make test`. Both create or reuse the virtual environment .venv inside the checkout and
+# The two commands of the README: `make demo` (the main job: the shipped toy zoo decoding a
+# simulated scan live, configs/demo.toml) and `make test`. Both create or reuse the virtual environment .venv inside the checkout and
 # reinstall only when pyproject.toml changes (its hash is kept in .venv/.rtdecode-installed).
 
 VENV ?= .venv

@@ -276,7 +276,10 @@ class TorchEngine(_NoisySampler):
         self._torch = torch
         self.graph = graph.eval()
         model = graph.model
-        self.n_inputs = int(model.proj[graph.subject].in_features)
+        from .models.sad import in_features
+
+        # in_features: the projection is a Linear, or low-rank (a Sequential of two)
+        self.n_inputs = in_features(model.proj[graph.subject])
         c = model.cfg
         self._init_noise((len(c.levels), c.n_tokens, c.token_dim) if graph.uses_noise
                          else None, seed)
@@ -439,11 +442,14 @@ def _resolve(model_dir: Path, engine_cfg, subject: str | None) -> dict:
         steps = 0
     return {"engine": None, "checkpoint": model_dir,
             "weights_sha256": file_sha256(model_dir / SAD_WEIGHTS), "subject": subject,
-            "steps": steps, "trained_on": meta.get("trained_on", {}).get(subject, {})}
+            "steps": steps, "trained_on": meta.get("trained_on", {}).get(subject, {}),
+            "pooled_dim": len(sad["levels"]) * int(sad["token_dim"])}
 
 
-def _open_backend(backend: str, want: dict, engine_cfg) -> tuple[object, EngineRecord]:
-    """One backend's engine and the store record whose caption bank goes with it."""
+def _open_backend(backend: str, want: dict, engine_cfg, have_bank: bool = False
+                  ) -> tuple[object, EngineRecord | None]:
+    """One backend's engine and the store record whose caption bank goes with it (None: the
+    torch backend given a bank by the caller needs nothing from the store)."""
     store = Path(engine_cfg.store)
     given: EngineRecord | None = want["engine"]
     look = {"weights_sha256": want["weights_sha256"], "subject": want["subject"],
@@ -467,8 +473,11 @@ def _open_backend(backend: str, want: dict, engine_cfg) -> tuple[object, EngineR
         if want["checkpoint"] is None:
             raise BackendUnavailable(f"torch: the checkpoint this engine was exported from is "
                                      f"not on disk ({given.manifest['source'].get('checkpoint')})")
-        rec = given if given is not None and given.has_bank else \
-            find_engine(store, artifact="onnx", **look)  # for its caption bank
+        if have_bank:
+            rec = given
+        else:
+            rec = given if given is not None and given.has_bank else \
+                find_engine(store, artifact="onnx", **look)  # for its caption bank
         eng = TorchEngine.from_checkpoint(want["checkpoint"], want["subject"], want["steps"],
                                           threads=engine_cfg.threads, seed=engine_cfg.seed)
         return eng, rec
@@ -480,12 +489,14 @@ def _open_backend(backend: str, want: dict, engine_cfg) -> tuple[object, EngineR
     raise ValueError(f"backend {backend!r}: one of torch, onnxruntime, tensorrt")
 
 
-def load_neural_decoder(model_dir: str | Path, engine_cfg, subject: str | None = None
-                        ) -> DecoderModel:
+def load_neural_decoder(model_dir: str | Path, engine_cfg, subject: str | None = None,
+                        bank: CaptionBank | None = None) -> DecoderModel:
     """A :class:`DecoderModel` for ``rtdecode serve`` from a SAD checkpoint directory or an
     engine folder, run by ``engine_cfg.backend`` (then ``engine_cfg.fallback``, each switch
     logged). Its caption bank comes from the engine store (stored at export time), so the
-    onnxruntime path needs neither torch nor the CLIP."""
+    onnxruntime path needs neither torch nor the CLIP — or is ``bank``, built by the caller
+    (e.g. :func:`rtdecode.models.evaluate.caption_bank`): then the ``torch`` backend needs no
+    engine store at all (``rtdecode demo`` on a fresh clone)."""
     model_dir = Path(model_dir)
     want = _resolve(model_dir, engine_cfg, subject)
     chain = [engine_cfg.backend, *[b for b in engine_cfg.fallback if b != engine_cfg.backend]]
@@ -493,7 +504,7 @@ def load_neural_decoder(model_dir: str | Path, engine_cfg, subject: str | None =
     t0 = time.perf_counter()
     for i, backend in enumerate(chain):
         try:
-            engine, rec = _open_backend(backend, want, engine_cfg)
+            engine, rec = _open_backend(backend, want, engine_cfg, bank is not None)
         except (BackendUnavailable, EngineNotFound) as exc:
             errors.append(f"{backend}: {exc}")
             if i + 1 < len(chain):
@@ -505,18 +516,23 @@ def load_neural_decoder(model_dir: str | Path, engine_cfg, subject: str | None =
             raise BackendUnavailable("no configured backend can run: "
                                      + " | ".join(errors)) from None
         break
-    bank = load_bank(rec)
+    if bank is None:
+        bank = load_bank(rec)
     trained_on = dict(want["trained_on"])
     trained_on.setdefault("n_voxels", engine.n_inputs)
     if int(trained_on["n_voxels"]) != engine.n_inputs:
         raise ValueError(f"{model_dir}: engine takes {engine.n_inputs} voxels, the model was "
                          f"trained on {trained_on['n_voxels']}")
-    if bank.targets.shape[1] != rec.spec["outputs"][1]["shape"][1]:
-        raise ValueError(f"{rec.path}: caption bank width {bank.targets.shape[1]} differs "
-                         f"from the engine's pooled output {rec.spec['outputs'][1]['shape']}")
-    meta = {"kind": "sad", "backend": engine.name, "engine_key": rec.key,
-            "engine_path": str(rec.path), "subject": want["subject"], "steps": want["steps"],
+    width = rec.spec["outputs"][1]["shape"][1] if rec is not None else want["pooled_dim"]
+    if bank.targets.shape[1] != width:
+        raise ValueError(f"{rec.path if rec is not None else model_dir}: caption bank width "
+                         f"{bank.targets.shape[1]} differs from the engine's pooled output "
+                         f"width {width}")
+    key = rec.key if rec is not None else f"torch-eager-{want['weights_sha256'][:16]}"
+    meta = {"kind": "sad", "backend": engine.name, "engine_key": key,
+            "engine_path": str(rec.path if rec is not None else model_dir),
+            "subject": want["subject"], "steps": want["steps"],
             "providers": getattr(engine, "providers", None), "trained_on": trained_on,
             "load_s": round(time.perf_counter() - t0, 3)}
-    log.info("decoder: SAD %s via %s (engine %s)", want["subject"], engine.name, rec.key)
+    log.info("decoder: SAD %s via %s (engine %s)", want["subject"], engine.name, key)
     return DecoderModel(engine, bank, None, meta)

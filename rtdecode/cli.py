@@ -18,6 +18,12 @@ app = typer.Typer(
     help="rtdecode: real-time decoding of captions and video from fMRI, TR by TR.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+#: The shipped toy zoo: fp16 checkpoints trained on ``configs/study.toml``'s session.
+ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
+STUDY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "study.toml"
+#: The demo's config: the study session, SAD on torch eager (no export step needed).
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="TOML config (default: configs/toy.toml).")]
 
@@ -49,19 +55,28 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
     tr: Annotated[float, typer.Option(help="Repetition time: 2.0 (CC2017-like) or 1.0 "
                                            "(HCP-like).")] = 2.0,
+    only: Annotated[str | None, typer.Option(help="Write only these runs of every subject: "
+                                                  "TASK or TASK:RUN, comma-separated (e.g. "
+                                                  "test:1). Each file is identical to the "
+                                                  "full simulation's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Simulate a toy-world fMRI study (stimuli, subjects, runs) in a BIDS-like layout."""
     from .simulator import preset as make_preset
     from .simulator import simulate as run_simulation
+    from .simulator.session import parse_run_selection
 
     try:
         cfg = make_preset(preset, seed=seed, n_subjects=subjects, tr=tr)
+        runs = parse_run_selection(only) if only is not None else None
     except ValueError as exc:
         _fail(str(exc))
     _check_output_dir(out)
     t0 = time.perf_counter()
-    summary = run_simulation(out, cfg, progress=not quiet)
+    try:
+        summary = run_simulation(out, cfg, progress=not quiet, runs=runs)
+    except ValueError as exc:
+        _fail(str(exc))
     typer.echo(f"wrote {out}: {summary.n_clips} clips, {summary.n_runs} runs per subject, "
                f"{summary.trs_per_subject} TRs per subject, subjects "
                + ", ".join(f"{k} ({v} voxels)" for k, v in summary.subjects.items())
@@ -126,90 +141,176 @@ def format_ridge_table(reports: list[dict]) -> str:
 
 @app.command()
 def demo(
-    config: ConfigOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Where the demo session lives (default: "
-                                                   "the config's data.root).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="TOML config (default: configs/demo.toml: the study session "
+                               "the shipped zoo was trained on, SAD on the torch backend).")
+                      ] = None,
+    data: Annotated[Path | None, typer.Option(help="Session directory (default: the "
+                                                   "config's data.root; simulated there, only "
+                                                   "the replayed run, if absent).")] = None,
+    zoo: Annotated[Path, typer.Option(help="Model zoo: clip/, sad/ (+ mad/, vae/, unet/, "
+                                           "motion/ for video).")] = ZOO_DIR,
+    subject: Annotated[str, typer.Option(help="Subject to decode.")] = "sub-01",
+    run: Annotated[int, typer.Option(help="Test run to replay.")] = 1,
+    speed: Annotated[float, typer.Option(help="Replay at this multiple of real time (TR 2 s "
+                                              "at 5x: a volume every 0.4 s).")] = 5.0,
+    max_speed: Annotated[bool, typer.Option("--max-speed", help="Replay as fast as "
+                                                                "possible.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the video, journal and summary go.")
+                   ] = Path("runs/demo"),
+    render_steps: Annotated[int, typer.Option(help="Sampling steps of the renderer.")] = 4,
+    fill_budget: Annotated[float, typer.Option(help="Seconds to spend, after the run, "
+                                                    "rendering clips the live renderer "
+                                                    "dropped (the rest are marked in the "
+                                                    "video).")] = 45.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON at the "
+                                                         "end.")] = False,
 ) -> None:
-    """The main job on the embedded default: simulate the toy world (if needed), then decode
-    it with the ridge baseline and print accuracy against chance and a shuffled control."""
-    from .data import list_subjects, load_session
-    from .ridge import run_ridge
-    from .simulator import preset as make_preset
-    from .simulator import simulate as run_simulation
+    """The main job: the shipped toy zoo decodes a simulated scan live. Simulates (or
+    reuses) a test run of the study subject the zoo was trained on, replays it TR by TR over
+    ZeroMQ into the streaming daemon, prints the final captions beside what was shown as
+    they arrive, writes the ground truth | reconstruction | caption video (when the zoo has
+    a renderer) and a summary: caption accuracy, latency, renders."""
+    import logging
+    import threading
 
-    try:
-        cfg = load_config(config)
-        root = data or Path(cfg.data.root)
-        sim = make_preset(cfg.simulate.preset, seed=cfg.simulate.seed,
-                          n_subjects=cfg.simulate.n_subjects, tr=cfg.simulate.tr)
-        if _session_matches(root, sim):
-            typer.echo(f"reusing simulated session {root}")
-        else:
-            _check_output_dir(root)
-            typer.echo(f"simulating the toy world into {root} (preset {sim.preset}, "
-                       f"seed {sim.seed}) ...")
-            run_simulation(root, sim, progress=sys.stderr.isatty())
-        reports, controls = [], []
-        for s in list(cfg.data.subjects) or list_subjects(root):
-            session = load_session(root, s)
-            reports.append(run_ridge(session, cfg))
-            controls.append(run_ridge(session, cfg, shuffle=True))
-    except (ConfigError, DataError, ValueError) as exc:
-        _fail(str(exc))
-    typer.echo("\nridge baseline, decoded on held-out test runs (causal online preprocessing):")
-    typer.echo(format_ridge_table(reports))
-    typer.echo("\ncontrol, the same decoder fitted on shuffled training labels:")
-    typer.echo(format_ridge_table(controls))
-    _demo_live(cfg, root, list(cfg.data.subjects) or list_subjects(root))
-
-
-def _demo_live(cfg, root: Path, subjects: list[str]) -> None:
-    """Part 2 of the demo: a test run through the streaming daemon over real sockets."""
+    from . import demo as d
+    from .backends import BackendUnavailable
     from .data import load_session
-    from .demo import live_replay
-    from .ridge import chance_levels, train_model
+    from .journal import Journal
 
-    session = load_session(root, subjects[0])
-    run = session.runs_of("test")[0]
-    model = train_model(session, cfg)
-    typer.echo(f"\nlive: replaying {session.subject} test run {run.run} ({run.n_trs} TRs) -> "
-               "daemon -> subscriber over ZeroMQ on loopback, as fast as possible ...")
-    res = live_replay(session, run, model, cfg, speed=None)
-    typer.echo(f"{'TR':>4}  {'shown (ground truth)':52}  decoded (final caption, score)")
-    shown = [k for k in sorted(res.finals) if k in res.truth][:8]
-    for k in shown:
-        h = res.finals[k]
-        typer.echo(f"{k:4d}  {res.truth[k]['basic'][:52]:52}  {h['basic'][:52]} "
-                   f"({h['score']:+.2f})")
-    c = res.status["counters"]
-    lat = res.status["latency"].get("end_to_end", {})
-    p50, p99 = lat.get("p50_ms", float("nan")), lat.get("p99_ms", float("nan"))
-    acc = res.attribute_accuracy(session)
-    typer.echo(f"final captions {len(res.finals)} (expected "
-               f"{run.n_trs - cfg.window.lag_trs - cfg.window.width_trs + 1}); "
-               f"attribute agreement with what was shown {acc:.3f} "
-               f"(chance {chance_levels()['attribute_mean']:.3f})" if acc is not None else "")
-    typer.echo(f"daemon: {c['received']} volumes, {c['decoded']} decoded, {c['malformed']} "
-               f"malformed, {c['dropped']} dropped; volume-in -> caption-out p50 "
-               f"{p50:.2f} ms, p99 {p99:.2f} ms (max-speed replay: includes queueing); "
-               f"wall {res.wall_s:.1f} s")
-
-
-def _session_matches(root: Path, sim) -> bool:
-    from .simulator.session import config_dict
-
-    meta = root / "simulation.json"
-    if not meta.is_file():
-        return False
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("diffusers").setLevel(logging.ERROR)  # its load-time advice, not ours
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    say = typer.echo
     try:
-        return json.loads(meta.read_text()).get("config") == config_dict(sim)
-    except json.JSONDecodeError:
-        return False
+        for name, value, ok in (("--speed", speed, speed > 0), ("--run", run, run >= 1),
+                                ("--render-steps", render_steps, render_steps >= 1),
+                                ("--fill-budget", fill_budget, fill_budget >= 0)):
+            if not ok:
+                raise ValueError(f"{name} {value:g}: must be "
+                                 + ("> 0" if name == "--speed" else ">= 0"
+                                    if name == "--fill-budget" else ">= 1"))
+        cfg = load_config(config if config is not None else DEMO_CONFIG)
+        root = data or Path(cfg.data.root)
+        t0 = time.perf_counter()
+        d.ensure_session(cfg, root, subject, run, progress=sys.stderr.isatty(), echo=say)
+        timings["session"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        session = load_session(root, subject)
+        the_run = next((r for r in session.runs_of("test") if r.run == run), None)
+        if the_run is None:
+            raise DataError(f"{root}: {subject} has no test run {run}")
+        decoding = d.load_decoder(cfg, zoo, session, the_run)
+        say(f"decoder: {decoding.describe}")
+        renderer, render_note = d.load_renderer(zoo, subject, steps=render_steps)
+        say(render_note if renderer is None else f"renderer: {render_note}")
+        timings["load"] = time.perf_counter() - t0
+    except (ConfigError, DataError, ValueError, FileNotFoundError, BackendUnavailable) as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    jpath = out / "journal.jsonl"
+    jpath.unlink(missing_ok=True)
+    pace = None if max_speed else speed
+    every = "as fast as possible" if pace is None else \
+        f"at {pace:g}x real time (a volume every {the_run.tr / pace:.2f} s)"
+    say(f"\nlive: {session.subject} test run {run} ({the_run.n_trs} volumes, TR "
+        f"{the_run.tr:g} s) replayed {every} -> ZeroMQ -> daemon -> ZeroMQ -> subscriber, "
+        "on loopback")
+    say(f"{'TR':>4}  {'shown (ground truth)':<46}  {'decoded (final caption)':<46} attrs "
+        "latency")
+    lock = threading.Lock()
+
+    def on_final(h: dict, truth: dict | None) -> None:
+        got = session.clips.get(int(h.get("match_clip_id") or -1), {}).get("attributes", {})
+        if truth is None:
+            shown, match = "(fixation: no clip)", "   "
+        else:
+            want = truth.get("attributes", {})
+            shown = truth.get("basic", "")
+            match = f"{sum(got.get(a) == v for a, v in want.items())}/{len(want)}"
+        with lock:
+            say(f"{h['tr_index']:4d}  {shown[:46]:<46}  {h.get('basic', '')[:46]:<46} "
+                f"{match:>5} {h.get('latency_ms', 0):5.0f} ms")
+
+    t0 = time.perf_counter()
+    live = d.live_replay(session, the_run, decoding.model, cfg, pace, renderer=renderer,
+                         journal=Journal(jpath), on_final=on_final)
+    timings["live"] = time.perf_counter() - t0
+    video = None
+    if renderer is not None:
+        t0 = time.perf_counter()
+        video = d.write_demo_video(out / "demo.mp4", live, the_run, session, cfg,
+                                   decoding.model, renderer, fill_budget_s=fill_budget,
+                                   echo=say)
+        timings["video"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    summary = d.summarize(live, session, decoding, renderer_note=render_note, video=video,
+                          timings=timings, speed=pace)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        say(json.dumps(summary, indent=2))
+    else:
+        say(_format_demo_summary(summary, out, jpath))
 
 
-#: The shipped toy zoo: fp16 checkpoints trained on ``configs/study.toml``'s session.
-ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
-STUDY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "study.toml"
+def _format_demo_summary(s: dict, out: Path, journal: Path) -> str:
+    """The one-screen summary printed at the end of ``rtdecode demo``."""
+
+    def ms(v) -> str:
+        return "n/a" if v is None else f"{v:.0f} ms" if v >= 10 else f"{v:.1f} ms"
+
+    cap, acc, lat = s["captions"], s["accuracy"], s["latency"]
+    lines = ["", "summary"]
+    ses = s["session"]
+    lines.append(f"  run         {ses['run']} from {ses['root']}: {ses['volumes']} volumes, "
+                 + ("as fast as possible" if ses["speed"] is None else
+                    f"{ses['speed']:g}x real time"))
+    lines.append(f"  decoder     {s['decoder']}")
+    lines.append(f"  captions    {cap['finals']} final (of {cap['expected']} expected), "
+                 f"{cap['with_ground_truth']} of them while a clip was shown")
+    a = acc["attributes"]
+    if a is not None:
+        lines.append(f"  accuracy    retrieved caption's clip vs the shown clip: attributes "
+                     f"right {a['mean']:.2f} (chance {a['chance_mean']:.2f}), all "
+                     f"{len(a['groups'])} right {a['all']:.2f}")
+        lines.append("              " + ", ".join(f"{g} {v:.2f}"
+                                                  for g, v in a["groups"].items()))
+    i = acc["identification"]
+    if i is not None and i.get("caption_2way") is not None:
+        fifty = i.get("caption_50way")
+        lines.append(f"              caption identification (distractors: the {i['pool']} test "
+                     f"clips): 2-way {i['caption_2way']:.2f}, 50-way "
+                     + ("n/a" if fifty is None else f"{fifty:.2f}")
+                     + " (chance 0.50 / 0.02)")
+    e2e, dec = lat["volume_to_caption"], lat["decode"]
+    lines.append(f"  latency     volume in -> caption out p50 {ms(e2e['p50_ms'])}, p99 "
+                 f"{ms(e2e['p99_ms'])} (decode p50 {ms(dec['p50_ms'])}, p99 "
+                 f"{ms(dec['p99_ms'])}; {e2e['n']} captions)")
+    dm = s["daemon"]
+    lines.append(f"  daemon      {dm['received']} volumes received, {dm['decoded']} decoded, "
+                 f"{dm['dropped']} dropped, {dm['malformed']} malformed, {dm['missing']} "
+                 f"missing; {dm['outputs_dropped']} outputs dropped")
+    r, v = s["renders"], s["video"]
+    if v is None:
+        lines.append(f"  video       {r['renderer']}")
+    else:
+        rl = lat["render"]
+        lines.append(f"  renders     {r['done']} done live, {r['dropped']} dropped (renderer "
+                     f"behind), {r['errors']} errors; render p50 {ms(rl['p50_ms'])}")
+        lines.append(f"  video       {v['path']}: {v['clips']} clips, {v['frames']} frames at "
+                     f"{v['fps']:g} fps ({v['live']} rendered live, {v['after']} after the "
+                     f"run, {v['dropped']} marked dropped)")
+    t = s["timings_s"]
+    lines.append(f"  wall        {t['total']:.0f} s: session {t['session']:.0f} s, models "
+                 f"{t['load']:.0f} s, live {t['live']:.0f} s"
+                 + (f", video {t['video']:.0f} s" if "video" in t else ""))
+    lines.append(f"  files       {out / 'summary.json'}, {journal}"
+                 + (f", {v['path']}" if v is not None else ""))
+    return "\n".join(lines)
+
+
 
 
 train_app = typer.Typer(help="Train decoders on a session.", no_args_is_help=True)
@@ -1250,6 +1351,11 @@ def _ensure_session(cfg, root: Path) -> None:
     from .simulator import simulate as run_simulation
 
     if (root / "dataset_description.json").is_file() and (root / "simulation.json").is_file():
+        runs = json.loads((root / "simulation.json").read_text()).get("runs")
+        if runs is not None:  # `simulate --only` (the demo's): not enough to evaluate on
+            raise DataError(f"{root}: a partial simulation (only {', '.join(runs)}); this "
+                            "command needs the full session: simulate it into another "
+                            "directory and pass --data, or remove this one")
         return  # a session is there (the checkpoints check it matches, by provenance)
     sim = make_preset(cfg.simulate.preset, seed=cfg.simulate.seed,
                       n_subjects=cfg.simulate.n_subjects, tr=cfg.simulate.tr)

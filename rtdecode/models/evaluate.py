@@ -35,7 +35,7 @@ class CaptionTargets:
                  levels: tuple[str, ...] = LEVELS):
         self.ids = np.array(sorted(clips), dtype=np.int64)
         texts = [clips[int(c)][lvl] for c in self.ids for lvl in levels]
-        tok = clip_model.encode_text_tokens(texts)[:, :n_tokens]
+        tok = clip_model.encode_text_tokens(texts, n_tokens)
         self.array = tok.reshape(len(self.ids), len(levels), n_tokens, -1).astype(np.float32)
         self._row = {int(c): i for i, c in enumerate(self.ids)}
         train = [i for i, c in enumerate(self.ids) if clips[int(c)].get("split") == "train"]
@@ -57,6 +57,18 @@ class CaptionTargets:
 def pooled(tokens: np.ndarray) -> np.ndarray:
     """(n, levels, tokens, dim) → (n, levels * dim): mean over tokens, levels concatenated."""
     return tokens.mean(axis=2).reshape(len(tokens), -1)
+
+
+def caption_bank(targets: CaptionTargets, clips: dict[int, dict]):
+    """The training clips' captions (``clips`` records with ``split == "train"``) with their
+    pooled targets from ``targets``, centred retrieval: the bank SAD engines answer from."""
+    from ..engine import CaptionBank
+
+    rows = [i for i, c in enumerate(targets.ids) if clips[int(c)].get("split") == "train"]
+    if not rows:
+        raise ValueError("caption bank: no training clips (split == 'train') among the targets")
+    return CaptionBank(pooled(targets.array[rows]), [clips[int(targets.ids[i])] for i in rows],
+                       center=True)
 
 
 def identification(pred_pooled: np.ndarray, clip_ids: np.ndarray,

@@ -15,12 +15,11 @@ from .evaluate import render_clips
 def caption_bank(session, clip_model, n_tokens: int, levels: tuple[str, ...]):
     """The training clips' captions with their pooled token targets (centred retrieval), the
     bank the daemon's SAD engines use."""
-    from ..engine import CaptionBank
-    from ..models.evaluate import CaptionTargets, pooled
+    from ..models.evaluate import CaptionTargets
+    from ..models.evaluate import caption_bank as bank_from_targets
 
     train = {c: r for c, r in session.clips.items() if r.get("split") == "train"}
-    t = CaptionTargets(train, clip_model, n_tokens, levels)
-    return CaptionBank(pooled(t.array), [train[int(c)] for c in t.ids], center=True)
+    return bank_from_targets(CaptionTargets(train, clip_model, n_tokens, levels), train)
 
 
 def fusion_threshold(zoo: Path, default: float = 0.9) -> float:

@@ -15,6 +15,13 @@ Layout written under ``OUT``::
     sub-XX/func/sub-XX_task-T_run-N_desc-noisefree_bold.npy  float32 (t, n_voxels)
     sub-XX/oracle/sub-XX_oracle.safetensors    encoding and noise parameters
     sub-XX/sub-XX_scans.tsv       the runs, with task, segment, repeat and length
+
+A **partial** simulation (``simulate(..., runs=[("test", 1)])``) writes only the selected
+runs, every other file as the full simulation would: the random streams are consumed in the
+same order (stimuli and features of every clip, every training run's evoked response for the
+amplitude calibration, the noise of every run before the last selected one), so each written
+file is byte-identical to the full session's. ``simulation.json`` then lists the written
+runs under ``"runs"``; a full simulation has no such key.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +88,43 @@ def plan_runs(cfg: SimulatorConfig) -> tuple[list[RunPlan], int]:
             run += 1
             plans.append(RunPlan("test", run, s + 1, rep + 1, ids))
     return plans, next_id
+
+
+RunSelection = Iterable[tuple[str, int | None]]
+
+
+def select_runs(plans: list[RunPlan], runs: RunSelection | None) -> list[RunPlan]:
+    """The plans named by ``runs`` — ``(task, run)`` pairs, ``run`` None for every run of the
+    task — in plan order; None selects all. A pair that names no planned run is an error."""
+    if runs is None:
+        return list(plans)
+    wanted = list(runs)
+    chosen = set()
+    for task, run in wanted:
+        hits = [i for i, p in enumerate(plans) if p.task == task and run in (None, p.run)]
+        if not hits:
+            n = {t: sum(p.task == t for p in plans) for t in ("train", "test")}
+            raise ValueError(f"runs: no planned run {task}:{run if run is not None else '*'} "
+                             f"(the design has train runs 1..{n['train']} and test runs "
+                             f"1..{n['test']})")
+        chosen.update(hits)
+    return [p for i, p in enumerate(plans) if i in chosen]
+
+
+def parse_run_selection(text: str) -> list[tuple[str, int | None]]:
+    """``"test:1,train"`` → ``[("test", 1), ("train", None)]`` (the CLI's ``--only``)."""
+    out: list[tuple[str, int | None]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        task, _, run = item.partition(":")
+        if task not in ("train", "test") or (run and not run.isdigit()):
+            raise ValueError(f"--only {text!r}: expected TASK or TASK:RUN items, TASK train or "
+                             f"test, RUN a number (got {item!r})")
+        out.append((task, int(run) if run else None))
+    if not out:
+        raise ValueError(f"--only {text!r}: names no run")
+    return out
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -172,8 +217,15 @@ def _oracle_tensors(subject: Subject, vn: VoxelNoise, amplitude: np.ndarray) -> 
 
 def simulate_subject(out: Path, index: int, cfg: SimulatorConfig, plans: list[RunPlan],
                      features: np.ndarray, rng: np.random.Generator,
-                     bar: tqdm | None = None) -> tuple[str, int, int]:
-    """Simulate one subject's runs and write them. Returns (label, voxels, TRs)."""
+                     bar: tqdm | None = None, write: list[RunPlan] | None = None
+                     ) -> tuple[str, int, int]:
+    """Simulate one subject's runs and write those in ``write`` (default: all). Returns
+    (label, voxels, TRs written).
+
+    Runs are simulated in plan order from one random stream, so a run not written still
+    has its noise drawn when a written run comes after it (that is what keeps a partial
+    session identical to the full one); nothing is drawn after the last written run."""
+    write = list(plans) if write is None else write
     label = subject_label(index)
     subject = make_subject(label, cfg.subject_config(index), rng)
     vn = make_voxel_noise(subject.voxel_ijk, cfg.noise, rng)
@@ -186,10 +238,14 @@ def simulate_subject(out: Path, index: int, cfg: SimulatorConfig, plans: list[Ru
     s1 = np.zeros(subject.n_voxels)
     s2 = np.zeros(subject.n_voxels)
     n = 0
+    segments = {(p.task, p.segment) for p in write}
+    has_train = any(p.task == "train" for p in plans)
     for plan in plans:
         n_trs, times, onsets = run_timing(plan, cfg)
         if plan.task != "train" and plan.repeat > 1:
             continue  # same stimulus, same evoked response as repeat 1
+        if has_train and plan.task != "train" and (plan.task, plan.segment) not in segments:
+            continue  # shown by no written run, and not part of the calibration
         e = evoked_bold(subject, drive[list(plan.clip_ids)], times, onsets, clip_s)
         evoked[(plan.task, plan.segment)] = e
         if plan.task == "train":
@@ -226,8 +282,16 @@ def simulate_subject(out: Path, index: int, cfg: SimulatorConfig, plans: list[Ru
 
     mask = subject.mask()
     scans, total_trs = [], 0
-    for plan in plans:
+    last = max((plans.index(p) for p in write), default=-1)
+    for plan in plans[: last + 1]:
         n_trs, times, onsets = run_timing(plan, cfg)
+        if plan not in write:
+            # Draw (and drop) this run's noise: the runs after it need the stream where the
+            # full simulation has it.
+            run_noise(n_trs, cfg.tr, vn, subject.voxel_ijk, cfg.noise, rng)
+            if bar is not None:
+                bar.update(1)
+            continue
         e = evoked[(plan.task, plan.segment)]
         clean = vn.baseline[None, :] + e * amplitude[None, :]
         rn = run_noise(n_trs, cfg.tr, vn, subject.voxel_ijk, cfg.noise, rng)
@@ -256,13 +320,19 @@ def simulate_subject(out: Path, index: int, cfg: SimulatorConfig, plans: list[Ru
     return label, subject.n_voxels, total_trs
 
 
-def simulate(out: str | Path, cfg: SimulatorConfig, progress: bool = True) -> SimulationSummary:
-    """Simulate ``cfg`` into directory ``out`` (created; existing files are overwritten)."""
+def simulate(out: str | Path, cfg: SimulatorConfig, progress: bool = True,
+             runs: RunSelection | None = None) -> SimulationSummary:
+    """Simulate ``cfg`` into directory ``out`` (created; existing files are overwritten).
+
+    ``runs``: only these runs of every subject, as ``(task, run)`` pairs (``run`` None: every
+    run of that task), e.g. ``[("test", 1)]`` for the first test run; each file written is
+    the one the full simulation writes (stimuli of every clip included). None: all runs."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(cfg.seed)
     stim_seq, *subject_seqs = root.spawn(1 + cfg.n_subjects)
     plans, n_clips = plan_runs(cfg)
+    write = select_runs(plans, runs)  # check before writing anything
+    out.mkdir(parents=True, exist_ok=True)
     write_stimuli(out, cfg, plans, n_clips, np.random.default_rng(stim_seq), progress)
     features = np.load(out / "stimuli" / "features.npy")
     _write_json(out / "dataset_description.json", {
@@ -270,16 +340,19 @@ def simulate(out: str | Path, cfg: SimulatorConfig, progress: bool = True) -> Si
         "DatasetType": "raw",
         "GeneratedBy": [{"Name": "rtdecode simulate", "Version": __version__}],
         "SimulatorVersion": SIMULATOR_VERSION, "Seed": cfg.seed, "Preset": cfg.preset})
-    _write_json(out / "simulation.json", {"simulator_version": SIMULATOR_VERSION,
-                                          "config": config_dict(cfg)})
+    meta = {"simulator_version": SIMULATOR_VERSION, "config": config_dict(cfg)}
+    if runs is not None:
+        meta["runs"] = [f"task-{p.task}_run-{p.run:02d}" for p in write]
+    _write_json(out / "simulation.json", meta)
     subjects, trs = {}, 0
-    with tqdm(total=cfg.n_subjects * len(plans), desc="simulate runs", unit="run",
+    last = max(plans.index(p) for p in write) if write else -1
+    with tqdm(total=cfg.n_subjects * (last + 1), desc="simulate runs", unit="run",
               disable=not progress) as bar:
         for i, seq in enumerate(subject_seqs):
             label, nvox, trs = simulate_subject(out, i, cfg, plans, features,
-                                                np.random.default_rng(seq), bar)
+                                                np.random.default_rng(seq), bar, write)
             subjects[label] = nvox
-    return SimulationSummary(out, n_clips, len(plans), subjects, trs)
+    return SimulationSummary(out, n_clips, len(write), subjects, trs)
 
 
 @dataclass
