@@ -1075,6 +1075,9 @@ def train_vae_cmd(
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    object_weight: Annotated[float, typer.Option(help="Extra L1 weight on the objects' "
+                                                      "pixels (0: plain L1, as the shipped "
+                                                      "VAE was trained).")] = 0.0,
 ) -> None:
     """Train the toy VAE (diffusers AutoencoderKL, 64x64 -> 4x16x16) on the session's
     training-clip frames; resumable (run the same command again to continue)."""
@@ -1082,7 +1085,7 @@ def train_vae_cmd(
 
     from .zoo.vae import ToyVAEConfig, train_vae
 
-    cfg = dataclasses.replace(ToyVAEConfig(), steps=steps)
+    cfg = dataclasses.replace(ToyVAEConfig(), steps=steps, object_weight=object_weight)
     try:
         vae = train_vae(data, out, cfg, max_minutes=max_minutes, threads=threads)
     except (ValueError, FileNotFoundError) as exc:

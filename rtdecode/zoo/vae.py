@@ -55,6 +55,7 @@ class ToyVAEConfig:
     steps: int = 2000
     kl_weight: float = 1e-6
     grad_weight: float = 1.0
+    object_weight: float = 0.0    # extra L1 weight on object pixels (see object_weights)
     seed: int = 0
     checkpoint_every: int = 100
     val_fraction: float = 0.05
@@ -283,14 +284,21 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: ToyVAEConfig, *,
         t0 = time.monotonic()
         rng = np.random.default_rng([cfg.seed, 1, step])
         clips = train_ids[rng.integers(0, len(train_ids), cfg.batch_size)]
-        x = frames_to_pixels(np.asarray(frames[clips, rng.integers(0, n_frames, len(clips))]))
+        fidx = rng.integers(0, n_frames, len(clips))
+        x = frames_to_pixels(np.asarray(frames[clips, fidx]))
         lr = _lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
         post = model.encode(x).latent_dist
         noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         y = model.decode(post.sample(generator=noise)).sample
-        l1 = (y - x).abs().mean()
+        if cfg.object_weight > 0:
+            w = object_weights([records[int(c)] for c in clips],
+                               fidx, cfg.image_size,
+                               n_frames, cfg.object_weight)
+            l1 = ((y - x).abs() * w).mean() / w.mean()
+        else:
+            l1 = (y - x).abs().mean()
         lg = _grad_l1(y, x)
         kl = post.kl().mean() / x[0].numel()
         loss = l1 + cfg.grad_weight * lg + cfg.kl_weight * kl
