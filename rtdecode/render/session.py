@@ -70,10 +70,19 @@ def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
                      "chain_id": r.chain_ids[i] if r.chain_ids else None,
                      "scene_id": rec.get("scene_id"), "seconds": round(r.seconds[i], 3)})
     fps = truth.shape[1] / 2.0  # 8 frames per 2-s clip
-    path = write_video(out, concat_clips(panels), fps)
+    path = write_video(out, concat_clips(_same_height(panels)), fps)
     return {"video": str(path), "clips": rows, "inputs": inp.source,
             "seconds_per_clip": round(float(np.mean(r.seconds)), 4),
             "fusion_threshold": threshold if fusion else None}
+
+
+def _same_height(panels: list[np.ndarray]) -> list[np.ndarray]:
+    """Pad mosaics (whose caption strips wrap to different heights) to the tallest, with
+    the colour of their caption strip's corner."""
+    h = max(p.shape[1] for p in panels)
+    return [p if p.shape[1] == h else np.concatenate(
+        [p, np.broadcast_to(p[:, -1:, :1], (p.shape[0], h - p.shape[1], p.shape[2], 3))],
+        axis=1) for p in panels]
 
 
 def calibrate_fusion(root: Path, clip_model, out: Path | None = None) -> dict[str, Any]:
