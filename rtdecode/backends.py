@@ -276,7 +276,9 @@ class TorchEngine(_NoisySampler):
         self._torch = torch
         self.graph = graph.eval()
         model = graph.model
-        self.n_inputs = int(model.proj[graph.subject].in_features)
+        from .models.sad import in_features
+
+        self.n_inputs = in_features(model.proj[graph.subject])  # Linear or low-rank pair
         c = model.cfg
         self._init_noise((len(c.levels), c.n_tokens, c.token_dim) if graph.uses_noise
                          else None, seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class LiveResult:
     status: dict                 # the daemon's final status
     truth: dict[int, dict]       # tr_index -> captions.jsonl record of the clip shown
     wall_s: float
+    latency_samples: dict[str, list[float]] = field(default_factory=dict)  # stage -> ms
 
     def attribute_accuracy(self, session: Session) -> float | None:
         """How often the retrieved caption's clip has the shown clip's attributes (mean over
@@ -43,8 +44,10 @@ class LiveResult:
 
 
 def live_replay(session: Session, run: Run, model: DecoderModel, cfg: Config,
-                speed: float | None = None) -> LiveResult:
-    """Replay ``run`` through a daemon over loopback ZeroMQ; collect the final captions."""
+                speed: float | None = None, renderer=None) -> LiveResult:
+    """Replay ``run`` through a daemon over loopback ZeroMQ; collect the final captions
+    (and the daemon's per-stage latency samples). ``renderer``: the daemon's optional
+    render stage (e.g. a :class:`~rtdecode.render.worker.RenderWorker`)."""
     source = ZmqVolumeSource("tcp://127.0.0.1:*", recv_timeout_s=30.0)
     pub = ZmqPublisher("tcp://127.0.0.1:*")
     sub = ZmqSubscriber(pub.endpoint, topics=("caption",), recv_timeout_s=5.0)
@@ -62,7 +65,7 @@ def live_replay(session: Session, run: Run, model: DecoderModel, cfg: Config,
 
     collector = threading.Thread(target=collect, daemon=True)
     collector.start()
-    daemon = Daemon(cfg, model, source, pub, session="demo")
+    daemon = Daemon(cfg, model, source, pub, session="demo", renderer=renderer)
     t0 = time.perf_counter()
     daemon.start()
     label = f"{session.subject}_task-{run.task}_run-{run.run:02d}"
@@ -78,4 +81,4 @@ def live_replay(session: Session, run: Run, model: DecoderModel, cfg: Config,
     pub.close()
     truth = {int(k): session.clips[int(c)] for k, c in zip(run.stim_trs, run.clip_ids)
              if int(c) in session.clips}
-    return LiveResult(finals, status, truth, wall)
+    return LiveResult(finals, status, truth, wall, daemon.latency.samples())

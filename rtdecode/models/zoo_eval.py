@@ -150,13 +150,17 @@ def mad_scores(se: SubjectEval, trials: int) -> dict:
     return ev.evaluate_mad(mad, se.zoo.sad, se.windows, lt, trials)
 
 
-def level_scores(se: SubjectEval, ablations: Path, steps: int | None, trials: int) -> dict:
-    """Per-level caption identification of SAD and of every ablation checkpoint folder."""
+def level_scores(se: SubjectEval, ablations: Path | None, steps: int | None, trials: int
+                 ) -> dict:
+    """Per-level caption identification of SAD and of every checkpoint folder in
+    ``ablations`` (None: SAD's alone)."""
     from ..engine import check_provenance
     from .train import load_checkpoint
 
     out = {"sad": ev.evaluate_levels(se.zoo.sad, se.windows, se.targets, steps, trials)}
-    for d in sorted(p for p in Path(ablations).iterdir() if p.is_dir()):
+    folders = [] if ablations is None else sorted(p for p in Path(ablations).iterdir()
+                                                  if p.is_dir())
+    for d in folders:
         model, meta = load_checkpoint(d)
         check_provenance(meta, se.subject, se.provenance)
         out[d.name] = ev.evaluate_levels(model, se.windows, se.targets, steps, trials)

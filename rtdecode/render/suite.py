@@ -17,7 +17,8 @@ same settings, clip ``i`` sampled with seed ``i`` for every method), and
 
 Single-trial: each clip's first test repeat; averaged: the windows of all its repeats
 averaged. The classifier of the N-way metrics is the toy CLIP zero-shot over
-:func:`class_prompts`.
+:func:`class_prompts`. Every metric carries ``_pm``: the N-way ones their binomial standard
+error, the others the standard error across clips (:func:`clip_spread`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,29 @@ def class_prompts() -> list[str]:
     """
     return [f"a {colour} {shape} on a {bg} background"
             for colour in COLOURS for shape in SHAPES for bg in BACKGROUNDS]
+
+
+def clip_spread(gt: np.ndarray, rec: np.ndarray, clip_model) -> dict[str, float | None]:
+    """``{metric}_pm`` for the continuous metrics (SSIM, PSNR, Hue-PCC, VIFI, CLIP-PCC,
+    EPE): the standard error across clips (sd / sqrt(n)) of each clip's own value, as the
+    N-way metrics carry theirs; None with a single clip."""
+    from .. import metrics
+
+    n, t = gt.shape[:2]
+    emb_g = clip_model.encode_image(gt.reshape(n * t, *gt.shape[2:])).reshape(n, t, -1)
+    emb_r = clip_model.encode_image(rec.reshape(n * t, *rec.shape[2:])).reshape(n, t, -1)
+    per: dict[str, list[float]] = {k: [] for k in ("ssim", "psnr", "hue_pcc", "vifi",
+                                                   "clip_pcc", "epe")}
+    for g, r, eg, er in zip(gt, rec, emb_g, emb_r):
+        v = metrics.vifi(eg.mean(axis=0), er.mean(axis=0))
+        per["ssim"].append(metrics.ssim(g, r))
+        per["psnr"].append(metrics.psnr(g, r))
+        per["hue_pcc"].append(metrics.hue_pcc(g, r))
+        per["vifi"].append(v)
+        per["clip_pcc"].append(metrics.clip_pcc(er, v))
+        per["epe"].append(metrics.epe(g, r))
+    return {f"{k}_pm": (round(float(np.std(v, ddof=1) / np.sqrt(n)), 4) if n > 1 else None)
+            for k, v in per.items()}
 
 
 def first_clips(clip_ids: np.ndarray, n: int) -> np.ndarray:
@@ -97,10 +121,11 @@ def ridge_inputs(train: SubjectData, picks: dict[str, SubjectData], tokens: np.n
 
 @dataclass
 class VideoSuite:
-    """Rendered clips and their metrics, per condition and method."""
+    """Renderer inputs, rendered clips and their metrics, per condition and method."""
 
     clip_ids: np.ndarray                                   # (n,) rendered clips, in order
     truth: np.ndarray                                      # (n, T, H, W, 3) the true clips
+    inputs: dict[str, dict[str, RenderInputs]] = field(default_factory=dict)
     clips: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # render wall time per method
@@ -160,10 +185,12 @@ def video_suite(se, cvr: CVR, n_clips: int = 50, trials: int = 100,
                 done[id(inp)] = render_clips(cvr, inp, settings, progress=progress,
                                              desc=f"{method} {cond}").clips
             clips = done[id(inp)]
+            suite.inputs.setdefault(cond, {})[method] = inp
             suite.clips.setdefault(cond, {})[method] = clips
             scores = metrics.summarize(suite.truth, clips, se.zoo.clip, prompts,
                                        trials=trials)
-            suite.metrics.setdefault(cond, {})[method] = {k: round(float(v), 4)
-                                                          for k, v in scores.items()}
+            scores = {k: round(float(v), 4) for k, v in scores.items()}
+            scores.update(clip_spread(suite.truth, clips, se.zoo.clip))
+            suite.metrics.setdefault(cond, {})[method] = scores
         suite.seconds[method] = round(time.perf_counter() - t0, 2)
     return suite
