@@ -168,11 +168,12 @@ def level_scores(se: SubjectEval, ablations: Path | None, steps: int | None, tri
 
 
 def subject_report(se: SubjectEval, *, steps: int | None = None, trials: int = 100,
-                   oracle: bool = True, ablations: Path | None = None,
+                   oracle: bool = True, mad: bool = True, ablations: Path | None = None,
                    sweep: list[int] | None = None,
                    say: Callable[[str], None] = print) -> dict:
     """One subject's figures: ``{single_trial: {decoder: ...}, averaged: ..., levels?,
-    steps_sweep?}`` — decoders ridge, sad, mlp, noise_free, oracle, mad (those available).
+    steps_sweep?}`` — decoders ridge, sad, mlp, noise_free, oracle, mad (those available;
+    ``mad=False`` skips MAD's latent scores, which VAE-encode every test clip).
     ``say`` reports what was skipped (the oracle on real data)."""
     r = caption_scores(se, steps, trials)
     if oracle:
@@ -185,7 +186,7 @@ def subject_report(se: SubjectEval, *, steps: int | None = None, trials: int = 1
         else:
             for cond in CONDITIONS:
                 r[cond]["oracle"] = o[cond]
-    if se.knows(se.zoo.mad):
+    if mad and se.knows(se.zoo.mad):
         m = mad_scores(se, trials)
         for cond in CONDITIONS:
             r[cond]["mad"] = m[cond]

@@ -90,16 +90,21 @@ def _subject(root: Path, zoo: Path) -> str:
 
 def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = "decoded",
                  threads: int | None = 2, settings: CVRSettings | None = None,
-                 progress: bool = True, warmup: bool = True) -> dict[str, Any]:
+                 progress: bool = True, warmup: bool = True, cvr: CVR | None = None
+                 ) -> dict[str, Any]:
     """Both settings on the same clips; JSON-ready figures and their ratios. ``warmup``:
-    one untimed render per setting first (first-call allocations)."""
+    one untimed render per setting first (first-call allocations); ``cvr``: a loaded
+    renderer of ``zoo`` to use (its settings are replaced by ``settings``)."""
     import torch
 
     from ..zoo.clip import load_toy_clip
 
     if threads:
         torch.set_num_threads(threads)
-    cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
+    if cvr is None:
+        cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
+    elif settings is not None:
+        cvr.settings = settings
     clip_model = load_toy_clip(zoo / "clip")
     inp, truth, _ = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips)
     out: dict[str, Any] = {}

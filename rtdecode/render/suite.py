@@ -131,28 +131,39 @@ class VideoSuite:
     seconds: dict[str, float] = field(default_factory=dict)  # render wall time per method
 
 
-def method_inputs(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, SubjectData]
-                  ) -> dict[str, dict[str, RenderInputs]]:
-    """method -> condition -> renderer inputs, for the methods this zoo can run."""
+def method_inputs(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, SubjectData],
+                  methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, RenderInputs]]:
+    """method -> condition -> renderer inputs, for those of ``methods`` this zoo can run."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"methods {bad}: want some of {METHODS}")
     zoo, ids = se.zoo, picks["single_trial"].clip_ids
     out: dict[str, dict[str, RenderInputs]] = {}
     for name, model in (("sad", zoo.sad), ("mlp", zoo.mlp)):
-        if se.knows(model):
+        if name in methods and se.knows(model):
             _check_layout(name, model, cvr)
             mad = zoo.mad if se.knows(zoo.mad) else None
             out[name] = {c: decoded_inputs(model, mad, d) for c, d in picks.items()}
-    train = se.windows["train"]
-    uniq, inverse = np.unique(train.clip_ids, return_inverse=True)
+    if "ridge" in methods:
+        out["ridge"] = _ridge_method(se, cvr, vae, frames, picks)
+    if "ceiling" in methods:
+        truth = truth_inputs(ids, se.session.clips, frames, zoo.clip, vae, cvr)
+        out["ceiling"] = {c: truth for c in picks}
+    return out
+
+
+def _ridge_method(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, SubjectData]
+                  ) -> dict[str, RenderInputs]:
+    """The ridge's inputs: its targets are the training clips' caption token states and
+    VAE latents (encoding every training clip's frames: the slowest step of the suite)."""
     from ..models.evaluate import CaptionTargets
 
-    tok = CaptionTargets({int(c): se.session.clips[int(c)] for c in uniq}, zoo.clip,
+    train = se.windows["train"]
+    uniq, inverse = np.unique(train.clip_ids, return_inverse=True)
+    tok = CaptionTargets({int(c): se.session.clips[int(c)] for c in uniq}, se.zoo.clip,
                          cvr.n_tokens, cvr.levels).array
     lat = vae.encode(np.asarray(frames[uniq]))
-    out["ridge"] = ridge_inputs(train, picks, tok[inverse], lat[inverse],
-                                tuple(se.cfg.ridge.alphas))
-    truth = truth_inputs(ids, se.session.clips, frames, zoo.clip, vae, cvr)
-    out["ceiling"] = {c: truth for c in picks}
-    return out
+    return ridge_inputs(train, picks, tok[inverse], lat[inverse], tuple(se.cfg.ridge.alphas))
 
 
 def _check_layout(name: str, model, cvr: CVR) -> None:
@@ -163,9 +174,10 @@ def _check_layout(name: str, model, cvr: CVR) -> None:
 
 
 def video_suite(se, cvr: CVR, n_clips: int = 50, trials: int = 100,
-                settings: CVRSettings | None = None, progress: bool = False) -> VideoSuite:
-    """Render the first ``n_clips`` test clips for every method and condition and score
-    them with the anchors' metric suite (``se``: a
+                settings: CVRSettings | None = None, progress: bool = False,
+                methods: tuple[str, ...] = METHODS) -> VideoSuite:
+    """Render the first ``n_clips`` test clips for each of ``methods`` (those the zoo can
+    run) and condition and score them with the anchors' metric suite (``se``: a
     :class:`~rtdecode.models.zoo_eval.SubjectEval`)."""
     from .. import metrics
     from ..zoo.clip import load_stimuli
@@ -176,7 +188,7 @@ def video_suite(se, cvr: CVR, n_clips: int = 50, trials: int = 100,
     ids = picks["single_trial"].clip_ids
     suite = VideoSuite(ids, np.asarray(frames[ids]))
     prompts = class_prompts()
-    for method, by_cond in method_inputs(se, cvr, vae, frames, picks).items():
+    for method, by_cond in method_inputs(se, cvr, vae, frames, picks, methods).items():
         t0 = time.perf_counter()
         done: dict[int, np.ndarray] = {}     # the ceiling's inputs are the same per condition
         for cond in CONDITIONS:

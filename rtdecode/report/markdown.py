@@ -113,7 +113,7 @@ def main_table(r: dict) -> str:
             for key, _, _ in VIDEO:
                 cells.append(fmt(x.get(key), x.get(f"{key}_pm")) if key in x else "—")
             rows.append([label, _cond(cond, m["test_repeats"]), *cells])
-    ridge_src = "; ".join(ev.get("ridge_video_inputs", {}).values())
+    ridge_src = "; ".join(ev.get("ridge_video_inputs", {}).values()) or "not rendered in this run"
     return "\n".join([
         "## Main comparison", "",
         table(headers, rows), "",
@@ -121,10 +121,10 @@ def main_table(r: dict) -> str:
         "clip's caption than with N−1 other test clips' (chance 0.5 / 0.02). Video columns: "
         "every method's inputs rendered by the same CVR with the same seeds, scored against "
         "the true clips. ± : the binomial standard error of N-way figures, the standard "
-        "error across clips of the others. Ridge's caption figures come from a ridge to the pooled caption "
-        "states; its video from a ridge to the flattened token states and one to the "
-        f"flattened VAE latents of the frames ({ridge_src}). The video ceiling sees no brain "
-        "data, so its two rows are the same renders. — : not measured for that method.",
+        "error across clips of the others. Ridge's caption figures come from a ridge to the "
+        "pooled caption states; its video from a ridge to the flattened token states and one "
+        f"to the flattened VAE latents of the frames ({ridge_src}). The video ceiling sees no "
+        "brain data, so its two rows are the same renders. — : not measured for that method.",
     ])
 
 

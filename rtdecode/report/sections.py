@@ -46,16 +46,18 @@ class ReportOptions:
     replay_speed: float | None = 10.0  # latency replay pace (x real time; None: max speed)
     threads: int = 2                  # torch threads
     warmup: bool = True               # untimed warm-up render before timing NeuroClips
+    video_methods: tuple[str, ...] = ("sad", "mlp", "ridge", "ceiling")  # rendered methods
     ablations: Path | None = None     # folder of SAD ablation checkpoints
     quick: bool = False
 
     @classmethod
     def quick_options(cls, **changes) -> ReportOptions:
-        """Few clips and trials, short sweeps: every section, in about a minute on a tiny
-        zoo (figures too noisy to read)."""
+        """Few clips and trials, short sweeps, no ridge video (its VAE targets are the
+        slowest step; ``rtdecode eval --render`` covers it): every section, in under a
+        minute on a tiny zoo (figures too noisy to read)."""
         base = dict(render_clips=2, neuroclips_clips=1, trials=10, refine_steps=(0, 1),
-                    render_steps=(1, 2), timing_clips=1, cvr_steps=2, replay_speed=None,
-                    warmup=False, quick=True)
+                    render_steps=(1, 2), timing_clips=1, cvr_steps=1, replay_speed=None,
+                    warmup=False, video_methods=("sad", "mlp", "ceiling"), quick=True)
         return cls(**{**base, **changes})
 
     def __post_init__(self) -> None:
@@ -65,6 +67,10 @@ class ReportOptions:
                 raise ValueError(f"{name} {getattr(self, name)}: want >= 1")
         if not self.lags or min(self.lags) < 0:
             raise ValueError(f"lags {self.lags}: want HRF lags >= 0")
+        bad = set(self.video_methods) - {"sad", "mlp", "ridge", "ceiling"}
+        if bad or not self.video_methods:
+            raise ValueError(f"video_methods {self.video_methods}: want some of sad, mlp, "
+                             "ridge, ceiling")
         if self.replay_speed is not None and not self.replay_speed > 0:
             raise ValueError(f"replay_speed {self.replay_speed}: want > 0 (None: max speed)")
 
@@ -145,15 +151,20 @@ def identify(predict: Callable[[np.ndarray], np.ndarray], tests: dict[str, Subje
 
 def evaluation(ctx: Context) -> tuple[dict, Any]:
     """The main comparison (``rtdecode eval --render``'s figures for this subject, with the
-    per-level ablations and the Refineformer sweep) and the rendered video suite."""
+    per-level ablations and the Refineformer sweep; MAD's latent scores are left to
+    ``rtdecode eval``) and the rendered video suite."""
     from ..render.suite import video_suite
 
     se, o = ctx.se, ctx.opts
-    r = subject_report(se, trials=o.trials, oracle=True, sweep=list(o.refine_steps),
-                       say=ctx.note)
+    r = subject_report(se, trials=o.trials, oracle=True, mad=False,
+                       sweep=list(o.refine_steps), say=ctx.note)
     if se.zoo.sad is not None:
         r["levels"] = level_scores(se, o.ablations, None, o.trials)
-    suite = video_suite(se, ctx.cvr, o.render_clips, o.trials, progress=ctx.progress)
+    suite = video_suite(se, ctx.cvr, o.render_clips, o.trials, progress=ctx.progress,
+                        methods=o.video_methods)
+    skipped = [m for m in ("sad", "mlp", "ridge", "ceiling") if m not in o.video_methods]
+    if skipped:
+        ctx.note(f"video metrics not measured for {', '.join(skipped)} (options)")
     for cond, by_method in suite.metrics.items():
         for method, scores in by_method.items():
             r[cond].setdefault(method, {}).update(scores)
@@ -266,7 +277,7 @@ def sampling(ctx: Context) -> dict:
     return bench_render(se.zoo.path, se.root, ctx.cfg, n_clips=o.neuroclips_clips,
                         inputs="decoded" if se.zoo.sad is not None else "truth",
                         threads=o.threads, settings=CVRSettings(steps=o.cvr_steps),
-                        progress=ctx.progress, warmup=o.warmup)
+                        progress=ctx.progress, warmup=o.warmup, cvr=ctx.cvr)
 
 
 def render_time(ctx: Context, suite) -> list[dict]:
@@ -301,14 +312,14 @@ def latency(ctx: Context) -> dict:
     run = se.session.runs_of("test")[0]
     model, decoder = _daemon_decoder(se)
     worker = None
-    if (se.zoo.path / "unet").is_dir() and se.knows(se.zoo.sad):
-        from ..render.cvr import CVRSettings
+    if se.knows(se.zoo.sad):
+        from ..render.fusion import Fusion
         from ..render.worker import RenderWorker
 
-        worker = RenderWorker.from_zoo(se.zoo.path, se.subject,
-                                       settings=CVRSettings(steps=o.cvr_steps),
-                                       fusion_threshold=ctx.fusion_threshold,
-                                       threads=o.threads)
+        mad = se.zoo.mad if se.knows(se.zoo.mad) else None
+        worker = RenderWorker(se.zoo.sad, ctx.cvr, se.subject, mad=mad,
+                              fusion=Fusion(se.zoo.clip.encode_image, ctx.fusion_threshold),
+                              threads=o.threads)
     res = live_replay(se.session, run, model, ctx.cfg, speed=o.replay_speed, renderer=worker)
     c = res.status["counters"]
     return {"decoder": decoder, "render": worker is not None, "run": run.name,
