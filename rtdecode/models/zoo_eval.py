@@ -124,10 +124,12 @@ class SubjectEval:
         return model is not None and self.subject in model.cfg.subjects
 
 
-def caption_scores(se: SubjectEval, steps: int | None, trials: int) -> dict:
-    """Caption identification of ridge, SAD, MLP and the noise-free ceiling (those present)."""
+def caption_scores(se: SubjectEval, steps: int | None, trials: int, ridge=None) -> dict:
+    """Caption identification of ridge (``ridge``: already fitted to the pooled caption
+    states of the training windows), SAD, MLP and the noise-free ceiling (those present)."""
     models = {k: m for k, m in (("sad", se.zoo.sad), ("mlp", se.zoo.mlp)) if m is not None}
-    r = ev.evaluate_subject(se.session, se.cfg, se.targets, models, steps, trials, se.windows)
+    r = ev.evaluate_subject(se.session, se.cfg, se.targets, models, steps, trials, se.windows,
+                            ridge)
     nf = se.zoo.noise_free
     if se.knows(nf):
         wn = ev.eval_windows(se.session, se.cfg, train=False, noise_free=True)
@@ -169,13 +171,14 @@ def level_scores(se: SubjectEval, ablations: Path | None, steps: int | None, tri
 
 def subject_report(se: SubjectEval, *, steps: int | None = None, trials: int = 100,
                    oracle: bool = True, mad: bool = True, ablations: Path | None = None,
-                   sweep: list[int] | None = None,
+                   sweep: list[int] | None = None, ridge=None,
                    say: Callable[[str], None] = print) -> dict:
     """One subject's figures: ``{single_trial: {decoder: ...}, averaged: ..., levels?,
     steps_sweep?}`` — decoders ridge, sad, mlp, noise_free, oracle, mad (those available;
     ``mad=False`` skips MAD's latent scores, which VAE-encode every test clip).
-    ``say`` reports what was skipped (the oracle on real data)."""
-    r = caption_scores(se, steps, trials)
+    ``ridge``: the caption ridge already fitted; ``say`` reports what was skipped (the
+    oracle on real data)."""
+    r = caption_scores(se, steps, trials, ridge)
     if oracle:
         from .oracle import oracle_identification
 

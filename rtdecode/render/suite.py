@@ -98,16 +98,14 @@ def pick_windows(windows: dict, n_clips: int) -> dict[str, SubjectData]:
             "averaged": subset(avg, np.array([pos[int(c)] for c in ids], dtype=np.int64))}
 
 
-def ridge_inputs(train: SubjectData, picks: dict[str, SubjectData], tokens: np.ndarray,
-                 latents: np.ndarray, alphas: tuple[float, ...]) -> dict[str, RenderInputs]:
+def ridge_inputs(ridge, picks: dict[str, SubjectData], tokens: np.ndarray,
+                 latents: np.ndarray) -> dict[str, RenderInputs]:
     """Ridge predictions of token states and latents for each condition's windows.
 
-    ``tokens`` ``(n_train, levels, tokens, width)`` and ``latents`` ``(n_train, frames, C, h,
-    w)`` are the targets of the training windows ``train``, row by row.
+    ``ridge`` is a :class:`~rtdecode.ridge.DualRidge` of the training windows; ``tokens``
+    ``(n_train, levels, tokens, width)`` and ``latents`` ``(n_train, frames, C, h, w)`` are
+    their targets, row by row.
     """
-    from ..ridge import DualRidge
-
-    ridge = DualRidge(train.X, alphas)
     a_tok, a_lat = ridge.select_alpha(tokens), ridge.select_alpha(latents)
     conds = list(picks)
     X = np.concatenate([picks[c].X for c in conds])
@@ -132,8 +130,11 @@ class VideoSuite:
 
 
 def method_inputs(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, SubjectData],
-                  methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, RenderInputs]]:
-    """method -> condition -> renderer inputs, for those of ``methods`` this zoo can run."""
+                  methods: tuple[str, ...] = METHODS, ridge=None
+                  ) -> dict[str, dict[str, RenderInputs]]:
+    """method -> condition -> renderer inputs, for those of ``methods`` this zoo can run
+    (``ridge``: a :class:`~rtdecode.ridge.DualRidge` of the training windows, else built
+    here)."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"methods {bad}: want some of {METHODS}")
@@ -145,25 +146,28 @@ def method_inputs(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, Subjec
             mad = zoo.mad if se.knows(zoo.mad) else None
             out[name] = {c: decoded_inputs(model, mad, d) for c, d in picks.items()}
     if "ridge" in methods:
-        out["ridge"] = _ridge_method(se, cvr, vae, frames, picks)
+        out["ridge"] = _ridge_method(se, cvr, vae, frames, picks, ridge)
     if "ceiling" in methods:
         truth = truth_inputs(ids, se.session.clips, frames, zoo.clip, vae, cvr)
         out["ceiling"] = {c: truth for c in picks}
     return out
 
 
-def _ridge_method(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, SubjectData]
-                  ) -> dict[str, RenderInputs]:
+def _ridge_method(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, SubjectData],
+                  ridge=None) -> dict[str, RenderInputs]:
     """The ridge's inputs: its targets are the training clips' caption token states and
     VAE latents (encoding every training clip's frames: the slowest step of the suite)."""
     from ..models.evaluate import CaptionTargets
+    from ..ridge import DualRidge
 
     train = se.windows["train"]
+    if ridge is None:
+        ridge = DualRidge(train.X, tuple(se.cfg.ridge.alphas))
     uniq, inverse = np.unique(train.clip_ids, return_inverse=True)
     tok = CaptionTargets({int(c): se.session.clips[int(c)] for c in uniq}, se.zoo.clip,
                          cvr.n_tokens, cvr.levels).array
     lat = vae.encode(np.asarray(frames[uniq]))
-    return ridge_inputs(train, picks, tok[inverse], lat[inverse], tuple(se.cfg.ridge.alphas))
+    return ridge_inputs(ridge, picks, tok[inverse], lat[inverse])
 
 
 def _check_layout(name: str, model, cvr: CVR) -> None:
@@ -175,10 +179,11 @@ def _check_layout(name: str, model, cvr: CVR) -> None:
 
 def video_suite(se, cvr: CVR, n_clips: int = 50, trials: int = 100,
                 settings: CVRSettings | None = None, progress: bool = False,
-                methods: tuple[str, ...] = METHODS) -> VideoSuite:
+                methods: tuple[str, ...] = METHODS, ridge=None) -> VideoSuite:
     """Render the first ``n_clips`` test clips for each of ``methods`` (those the zoo can
     run) and condition and score them with the anchors' metric suite (``se``: a
-    :class:`~rtdecode.models.zoo_eval.SubjectEval`)."""
+    :class:`~rtdecode.models.zoo_eval.SubjectEval`; ``ridge``: its training windows'
+    :class:`~rtdecode.ridge.DualRidge`, if already built)."""
     from .. import metrics
     from ..zoo.clip import load_stimuli
 
@@ -188,7 +193,8 @@ def video_suite(se, cvr: CVR, n_clips: int = 50, trials: int = 100,
     ids = picks["single_trial"].clip_ids
     suite = VideoSuite(ids, np.asarray(frames[ids]))
     prompts = class_prompts()
-    for method, by_cond in method_inputs(se, cvr, vae, frames, picks, methods).items():
+    for method, by_cond in method_inputs(se, cvr, vae, frames, picks, methods,
+                                         ridge).items():
         t0 = time.perf_counter()
         done: dict[int, np.ndarray] = {}     # the ceiling's inputs are the same per condition
         for cond in CONDITIONS:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 CHANCE = {"caption_2way": 0.5, "caption_50way": 0.02}
+WAY = {"caption_2way": "2-way", "caption_50way": "50-way"}
 COND_LABEL = {"single_trial": "single-trial", "averaged": "repeat-averaged"}
 
 
@@ -39,8 +40,8 @@ def hrf_lag(rows: list[dict], configured_lag_s: float, path: Path) -> Path:
             ax.plot(lags, [_val(r[cond], key) for r in rows], style, label=COND_LABEL[cond])
         ax.axhline(CHANCE[key], color="grey", ls=":", lw=1, label="chance")
         ax.axvline(configured_lag_s, color="tab:red", ls=":", lw=1, label="configured lag")
-        ax.set(xlabel="HRF lag (s)", ylabel=f"caption {key.split('_')[1]}",
-               title=f"ridge caption {key.split('_')[1]} vs lag")
+        ax.set(xlabel="HRF lag (s)", ylabel=f"caption {WAY[key]}",
+               title=f"ridge caption {WAY[key]} vs lag")
     axes[0].legend(fontsize=8)
     return _save(fig, path)
 
@@ -56,8 +57,8 @@ def provisional(prov: dict, path: Path) -> Path:
             ax.bar(x + (j - 0.5) * 0.38, vals, 0.38, label=kind)
         ax.axhline(CHANCE[key], color="grey", ls=":", lw=1)
         ax.set_xticks(x, decoders)
-        ax.set(ylabel=f"single-trial caption {key.split('_')[1]}",
-               title=f"provisional vs final ({key.split('_')[1]})")
+        ax.set(ylabel=f"single-trial caption {WAY[key]}",
+               title=f"provisional vs final ({WAY[key]})")
     axes[0].legend(fontsize=8)
     return _save(fig, path)
 
@@ -68,7 +69,8 @@ def refine_steps(sweep: list[dict], path: Path) -> Path:
     ax = axes[0]
     steps = [r["steps"] for r in sweep]
     for key, style in (("caption_2way", "o-"), ("caption_50way", "s-")):
-        ax.plot(steps, [_val(r["single_trial"], key) for r in sweep], style, label=key)
+        ax.plot(steps, [_val(r["single_trial"], key) for r in sweep], style,
+                label=f"caption {WAY[key]}")
     ax.set(xlabel="Refineformer steps", ylabel="single-trial accuracy",
            title="SAD accuracy and latency vs Refineformer steps")
     twin = ax.twinx()

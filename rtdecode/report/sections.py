@@ -33,7 +33,7 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """How much the report renders and samples; :meth:`quick` for tests."""
+    """How much the report renders and samples; :meth:`quick_options` for tests."""
 
     render_clips: int = 50            # test clips per method and condition (video metrics)
     neuroclips_clips: int = 8         # clips per setting, few-step vs NeuroClips
@@ -85,9 +85,29 @@ class Context:
     fusion_threshold: float
     progress: bool = True
     notes: list[str] = dataclasses.field(default_factory=list)   # what was skipped, and why
+    _ridges: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def note(self, msg: str) -> None:
         self.notes.append(msg)
+
+    @property
+    def train_ridge(self):
+        """The :class:`~rtdecode.ridge.DualRidge` of the training windows (configured lag),
+        decomposed once for the caption ridge and the video ridge."""
+        if "train" not in self._ridges:
+            from ..ridge import DualRidge
+
+            self._ridges["train"] = DualRidge(self.se.windows["train"].X,
+                                              tuple(self.cfg.ridge.alphas))
+        return self._ridges["train"]
+
+    @property
+    def caption_ridge(self):
+        """The caption ridge (windows → pooled caption states) at the configured lag."""
+        if "caption" not in self._ridges:
+            self._ridges["caption"] = self.train_ridge.fit(
+                ev.pooled(self.se.targets(self.se.windows["train"].clip_ids)))
+        return self._ridges["caption"]
 
     @property
     def cfg(self) -> Config:
@@ -133,10 +153,12 @@ def with_average(single: SubjectData) -> dict[str, SubjectData]:
 
 
 def fit_caption_ridge(train: SubjectData, targets: ev.CaptionTargets, alphas):
-    """The caption ridge of ``rtdecode eval``: windows → pooled caption token states."""
-    from sklearn.linear_model import RidgeCV
+    """The caption ridge of ``rtdecode eval`` (windows → pooled caption token states, alpha
+    by leave-one-out as its RidgeCV), solved in the dual (:class:`~rtdecode.ridge.DualRidge`):
+    the report fits it many times."""
+    from ..ridge import DualRidge
 
-    return RidgeCV(alphas=np.asarray(alphas)).fit(train.X, ev.pooled(targets(train.clip_ids)))
+    return DualRidge(train.X, alphas).fit(ev.pooled(targets(train.clip_ids)))
 
 
 def identify(predict: Callable[[np.ndarray], np.ndarray], tests: dict[str, SubjectData],
@@ -157,11 +179,11 @@ def evaluation(ctx: Context) -> tuple[dict, Any]:
 
     se, o = ctx.se, ctx.opts
     r = subject_report(se, trials=o.trials, oracle=True, mad=False,
-                       sweep=list(o.refine_steps), say=ctx.note)
+                       sweep=list(o.refine_steps), ridge=ctx.caption_ridge, say=ctx.note)
     if se.zoo.sad is not None:
         r["levels"] = level_scores(se, o.ablations, None, o.trials)
     suite = video_suite(se, ctx.cvr, o.render_clips, o.trials, progress=ctx.progress,
-                        methods=o.video_methods)
+                        methods=o.video_methods, ridge=ctx.train_ridge)
     skipped = [m for m in ("sad", "mlp", "ridge", "ceiling") if m not in o.video_methods]
     if skipped:
         ctx.note(f"video metrics not measured for {', '.join(skipped)} (options)")
@@ -181,13 +203,12 @@ def preprocessing(ctx: Context) -> dict:
     se, cfg = ctx.se, ctx.cfg
     offline = {task: cut_windows(preprocessed_runs(se.session, cfg, task, online=False),
                                  cfg.window, se.subject) for task in ("train", "test")}
-    variants = {"online": (se.windows["train"], {c: se.windows[c] for c in CONDITIONS}),
-                "offline": (offline["train"], with_average(offline["test"]))}
-    out = {}
-    for name, (train, tests) in variants.items():
-        ridge = fit_caption_ridge(train, se.targets, cfg.ridge.alphas)
-        out[name] = identify(ridge.predict, tests, se.targets, ctx.opts.trials)
-    return out
+    ridge = fit_caption_ridge(offline["train"], se.targets, cfg.ridge.alphas)
+    return {"online": identify(ctx.caption_ridge.predict,
+                               {c: se.windows[c] for c in CONDITIONS}, se.targets,
+                               ctx.opts.trials),
+            "offline": identify(ridge.predict, with_average(offline["test"]), se.targets,
+                                ctx.opts.trials)}
 
 
 def hrf_and_provisional(ctx: Context) -> tuple[list[dict], dict]:
@@ -200,16 +221,18 @@ def hrf_and_provisional(ctx: Context) -> tuple[list[dict], dict]:
     lag_rows = []
     for lag in ctx.opts.lags:
         w = dataclasses.replace(cfg.window, lag_trs=lag)
-        ridge = fit_caption_ridge(cut_windows(train_runs, w, se.subject), se.targets,
-                                  cfg.ridge.alphas)
-        tests = with_average(cut_windows(test_runs, w, se.subject))
+        if lag == cfg.window.lag_trs:  # the configured lag: the main comparison's ridge
+            ridge, tests = ctx.caption_ridge, {c: se.windows[c] for c in CONDITIONS}
+        else:
+            ridge = fit_caption_ridge(cut_windows(train_runs, w, se.subject), se.targets,
+                                      cfg.ridge.alphas)
+            tests = with_average(cut_windows(test_runs, w, se.subject))
         lag_rows.append({"lag_trs": lag, "lag_s": lag * se.session.tr,
                          **identify(ridge.predict, tests, se.targets, ctx.opts.trials)})
     first = dataclasses.replace(cfg.window, width_trs=1, reduce="mean")
     windows = {"provisional": with_average(cut_windows(test_runs, first, se.subject)),
                "final": {c: se.windows[c] for c in CONDITIONS}}
-    ridge = fit_caption_ridge(se.windows["train"], se.targets, cfg.ridge.alphas)
-    decoders: dict[str, Callable] = {"ridge": ridge.predict}
+    decoders: dict[str, Callable] = {"ridge": ctx.caption_ridge.predict}
     if se.knows(se.zoo.sad):
         sad = se.zoo.sad
         decoders["sad"] = lambda X: ev.pooled(ev.decode_sad(sad, SubjectData(
