@@ -1473,9 +1473,10 @@ def report_cmd(
                                                               "--quick 1).")] = None,
     trials: Annotated[int | None, typer.Option(help="N-way trials (default 100; --quick "
                                                     "10).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Few clips and trials, short sweeps: "
-                                                        "every section in about a minute on "
-                                                        "a tiny zoo (for tests).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Few clips and trials, short sweeps, "
+                                                        "no ridge video: every section in "
+                                                        "under a minute on a tiny zoo (for "
+                                                        "tests).")] = False,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")

@@ -84,3 +84,18 @@ def test_dual_ridge_matches_sklearn():
 def test_class_prompts_allow_50_way_with_top_3():
     prompts = class_prompts()
     assert len(prompts) == len(set(prompts)) >= 50 - 1 + 3
+
+
+def test_render_needs_a_renderer_and_sane_counts(small_session, tiny_zoo, tmp_path):
+    no_unet = tmp_path / "zoo"
+    no_unet.mkdir()
+    (no_unet / "clip").symlink_to(tiny_zoo / "clip")
+    common = ["--data", str(small_session), "--config", str(DEFAULT_CONFIG)]
+    for args in (["eval", "--render", "--zoo", str(no_unet), *common],
+                 ["report", "--quick", "--zoo", str(no_unet), "--out", str(tmp_path / "r"),
+                  *common]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "unet" in res.output, res.output
+    res = CliRunner().invoke(app, ["eval", "--render", "--render-clips", "0", "--zoo",
+                                   str(tiny_zoo), *common])
+    assert res.exit_code == 2 and "--render-clips 0" in res.output

@@ -253,7 +253,8 @@ def refine_steps(r: dict, fig: str) -> str:
 
 def latency(r: dict, fig: str) -> str:
     lat = r["latency"]
-    pace = "as fast as possible" if lat["speed"] is None else f"at {lat['speed']:g}× real time"
+    pace = "as fast as possible" if lat["speed"] is None else \
+        f"at {lat['speed']:g}× real time (a volume every {lat['tr_s'] / lat['speed']:g} s)"
     rows = [[stage, fmt(v["p50_ms"], digits=2), fmt(v["p99_ms"], digits=2), str(v["n"])]
             for stage, v in lat["percentiles"].items()]
     c = lat["counters"]
