@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rtdecode-installed
 
-.PHONY: demo test venv lint bench-simulate bench-startup eval zoo clean
+.PHONY: demo test venv lint bench-simulate bench-startup eval report zoo clean
 
 venv:
 	@hash=$$(sha256sum pyproject.toml | cut -c1-64); \
@@ -34,6 +34,17 @@ bench-simulate: venv
 # session (simulated deterministically into data/study if absent; ~1.4 GB).
 eval: venv
 	$(VENV)/bin/rtdecode eval
+
+# The evaluation report (README "Evaluation and report"): REPORT.md, report.json and PNG
+# plots in docs/report, from the zoo in runs/zoo when it has a renderer (unet/), else the
+# shipped one, on the study session (simulated into data/study if absent). 10-20 min on 2
+# cores. Override ZOO=..., ABLATIONS=..., REPORT_OUT=...
+ZOO ?= $(if $(wildcard runs/zoo/unet),runs/zoo,rtdecode/zoo/weights)
+ABLATIONS ?= runs/ablations
+REPORT_OUT ?= docs/report
+report: venv
+	$(VENV)/bin/rtdecode report --out $(REPORT_OUT) --zoo $(ZOO) \
+	  $(if $(wildcard $(ABLATIONS)),--ablations $(ABLATIONS))
 
 # Retrain the whole toy zoo from scratch on 2 cores (about 1.5 hours) and pack it as the
 # shipped float16 copy in rtdecode/zoo/weights. Every step resumes if interrupted.

@@ -1388,6 +1388,16 @@ def eval_cmd(
     steps_sweep: Annotated[str | None, typer.Option(help="Comma-separated Refineformer "
                                                          "steps: accuracy and latency each.")
                            ] = None,
+    render: Annotated[bool, typer.Option("--render/--no-render",
+                                         help="Also render held-out test clips (sad, mlp, "
+                                              "ridge, and the renderer's ceiling from true "
+                                              "inputs; needs unet/ and vae/ in --zoo) and "
+                                              "score them with the anchors' video metrics. "
+                                              "Slow: off by default.")] = False,
+    render_clips: Annotated[int, typer.Option(help="--render: test clips rendered per method "
+                                                   "and condition.")] = 50,
+    render_steps: Annotated[int, typer.Option(help="--render: scheduler steps.")] = 4,
+    threads: Annotated[int, typer.Option(help="--render: torch threads.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml, "
                                                      "what the shipped zoo was trained on).")
@@ -1395,109 +1405,86 @@ def eval_cmd(
 ) -> None:
     """Caption identification (2-way, 50-way) of held-out test clips for SAD, ridge, the MLP
     baseline and two ceilings (oracle, noise_free), single-trial and repeat-averaged; MAD's
-    latent error and per-frame retrieval. With no arguments: the shipped toy zoo on the
-    default study session (simulated deterministically if absent, ~1 min)."""
-    import numpy as np
-
-    from .data import list_subjects, load_session
-    from .engine import check_provenance, provenance
-    from .models import evaluate as ev
-    from .models.train import load_checkpoint
-    from .zoo.clip import load_stimuli, load_toy_clip
-
-    def load(name: str):
-        return load_checkpoint(zoo / name) if (zoo / name).is_dir() else (None, {})
+    latent error and per-frame retrieval; with --render the video metrics (N-way image and
+    video identification, SSIM, PSNR, Hue-PCC, VIFI, CLIP-PCC, EPE) of rendered test clips.
+    With no arguments: the shipped toy zoo on the default study session (simulated
+    deterministically if absent, ~1 min)."""
+    from .models.zoo_eval import SubjectEval, Zoo, aggregate, subject_report
 
     try:
+        if render_clips < 1 or threads < 1:
+            raise ValueError(f"--render-clips {render_clips}, --threads {threads}: want >= 1")
         cfg = load_config(config if config is not None else STUDY_CONFIG)
         root = data or Path(cfg.data.root)
         if data is None:
             _ensure_session(cfg, root)
-        clip_model = load_toy_clip(zoo / "clip")
-        (sad, sad_meta), (mlp, mlp_meta), (nf, nf_meta), (mad, mad_meta) = (
-            load(n) for n in ("sad", "mlp", "noise_free", "mad"))
-        known = [m for m in (sad, mlp, nf) if m is not None]
-        labels = [s for s in list_subjects(root)
-                  if not known or any(s in m.cfg.subjects for m in known)]
-        if not labels:
-            raise DataError(f"{root}: none of its subjects {list_subjects(root)} is known to "
-                            f"the checkpoints in {zoo}")
-        n_tokens = known[0].cfg.n_tokens if known else 16
+        cvr = _eval_renderer(zoo, render_steps, threads) if render else None
+        models = Zoo.load(zoo)
         sweep = [int(v) for v in steps_sweep.split(",")] if steps_sweep else []
         per: dict = {}
-        for s in labels:
-            session = load_session(root, s)
-            prov = provenance(session, cfg)
-            for meta in (sad_meta, mlp_meta, nf_meta, mad_meta):
-                check_provenance(meta, s, prov)
-            targets = ev.CaptionTargets(session.clips, clip_model, n_tokens)
-            w = ev.eval_windows(session, cfg)
-            models = {k: m for k, m in (("sad", sad), ("mlp", mlp)) if m is not None}
-            r = ev.evaluate_subject(session, cfg, targets, models, steps, trials, w)
-            if nf is not None and s in nf.cfg.subjects:
-                wn = ev.eval_windows(session, cfg, train=False, noise_free=True)
-                for cond in ("single_trial", "averaged"):
-                    r[cond]["noise_free"] = ev.identification(
-                        ev.pooled(ev.decode_sad(nf, wn[cond], steps)), wn[cond].clip_ids,
-                        targets, trials)
-            if oracle:
-                from .models.oracle import oracle_identification
-
-                try:
-                    o = oracle_identification(session, cfg=cfg, trials=trials)
-                except DataError as exc:  # real data: no simulator to ask
-                    typer.echo(f"oracle skipped: {exc}", err=True)
-                else:
-                    for cond in ("single_trial", "averaged"):
-                        r[cond]["oracle"] = o[cond]
-            if mad is not None and s in mad.cfg.subjects:
-                frames, _ = load_stimuli(root)
-                test_ids = np.unique(w["single_trial"].clip_ids)
-                lt = ev.LatentTargets(frames, {int(c): session.clips[int(c)] for c in test_ids},
-                                      _load_vae(zoo), clip_model, mad.cfg.motion_tokens)
-                m = ev.evaluate_mad(mad, sad, w, lt, trials)
-                for cond in ("single_trial", "averaged"):
-                    r[cond]["mad"] = m[cond]
-            if ablations is not None and sad is not None:
-                r["levels"] = {"sad": ev.evaluate_levels(sad, w, targets, steps, trials)}
-                for d in sorted(p for p in ablations.iterdir() if p.is_dir()):
-                    model, meta = load_checkpoint(d)
-                    check_provenance(meta, s, prov)
-                    r["levels"][d.name] = ev.evaluate_levels(model, w, targets, steps, trials)
-            if sweep and sad is not None:
-                r["steps_sweep"] = ev.steps_sweep(sad, w, targets, sweep, trials)
-            per[s] = r
+        for s in models.subjects(root):
+            se = SubjectEval.build(root, s, cfg, models)
+            per[s] = subject_report(se, steps=steps, trials=trials, oracle=oracle,
+                                    ablations=ablations, sweep=sweep,
+                                    say=lambda m: typer.echo(m, err=True))
+            if cvr is not None:
+                _merge_video(per[s], se, cvr, render_clips, trials, progress=not as_json)
     except (ConfigError, DataError, ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
-    out: dict = {}
-    for cond in ("single_trial", "averaged"):
-        out[cond] = {}
-        for dec in per[labels[0]][cond]:
-            keys = [k for k, v in per[labels[0]][cond][dec].items()
-                    if isinstance(v, (int, float)) and k != "n_decoded"]
-            out[cond][dec] = {k: round(float(np.mean([per[s][cond][dec][k] for s in labels])),
-                                       4) for k in keys}
-    out["chance"] = {"caption_2way": 0.5, "caption_50way": 0.02}
-    out["subjects"] = per
+    out = aggregate(per)
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
-    typer.echo(f"{'condition':12} {'decoder':10} {'2-way':>7} {'50-way':>7}")
+    typer.echo(format_eval_table(out))
+
+
+def _eval_renderer(zoo: Path, steps: int, threads: int):
+    """The CVR of ``eval --render``: the zoo's renderer, checked before anything slow."""
+    import torch
+
+    from .render.cvr import CVR, CVRSettings
+
+    _check_render_zoo(zoo)
+    torch.set_num_threads(threads)
+    return CVR.from_zoo(zoo, settings=CVRSettings(steps=steps))
+
+
+def _merge_video(report: dict, se, cvr, n_clips: int, trials: int, progress: bool) -> None:
+    """Render and score one subject's test clips; metrics merged into ``report[cond]``."""
+    from .render.suite import video_suite
+
+    suite = video_suite(se, cvr, n_clips, trials, progress=progress)
+    for cond, by_method in suite.metrics.items():
+        for method, scores in by_method.items():
+            report[cond].setdefault(method, {}).update(scores)
+
+
+VIDEO_COLUMNS = ("video_2way", "video_50way", "ssim", "psnr", "hue_pcc", "vifi", "clip_pcc",
+                 "epe")
+
+
+def format_eval_table(out: dict) -> str:
+    """``rtdecode eval``'s text output: caption identification, other figures, and (after
+    ``--render``) the video metrics."""
+    lines = [f"{'condition':12} {'decoder':10} {'2-way':>7} {'50-way':>7}"]
+    video = []
     for cond in ("single_trial", "averaged"):
         for dec, r in out[cond].items():
             if "caption_2way" in r:
-                typer.echo(f"{cond:12} {dec:10} {r['caption_2way']:7.3f} "
-                           f"{r['caption_50way']:7.3f}")
-            else:
-                typer.echo(f"{cond:12} {dec:10} " + "  ".join(f"{k} {v:.3f}"
-                                                            for k, v in r.items()))
-    typer.echo(f"{'chance':23} {0.5:7.3f} {0.02:7.3f}")
-
-
-def _load_vae(zoo: Path):
-    from .zoo.vae import load_toy_vae
-
-    return load_toy_vae(zoo / "vae")
+                lines.append(f"{cond:12} {dec:10} {r['caption_2way']:7.3f} "
+                             f"{r['caption_50way']:7.3f}")
+            elif "ssim" not in r:
+                lines.append(f"{cond:12} {dec:10} " + "  ".join(f"{k} {v:.3f}"
+                                                                for k, v in r.items()))
+            if "ssim" in r:
+                video.append(f"{cond:12} {dec:10} " + "".join(f"{r[k]:>12.3f}"
+                                                             for k in VIDEO_COLUMNS))
+    lines.append(f"{'chance':23} {0.5:7.3f} {0.02:7.3f}")
+    if video:
+        lines += ["", f"{'condition':12} {'method':10} " + "".join(f"{k:>12}"
+                                                                 for k in VIDEO_COLUMNS)]
+        lines += video
+    return "\n".join(lines)
 
 
 @app.command("render")
@@ -1608,6 +1595,65 @@ def fidelity_cmd(
                                            if a in r.get("clip_zero_shot", {}) else "")
                  for a in ATTRIBUTES]
         typer.echo(f"{cond:12}" + "".join(f"{c:>18}" for c in cells))
+
+
+@app.command("report")
+def report_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for REPORT.md, report.json and the "
+                                           "PNGs.")] = Path("docs/report"),
+    data: Annotated[Path | None, typer.Option(help="Session (default: the study config's, "
+                                                   "simulated if absent).")] = None,
+    zoo: Annotated[Path, typer.Option(help="Weights: clip/, vae/, unet/, motion/, sad/, mlp/, "
+                                           "noise_free/, mad/ (fusion.json if "
+                                           "calibrated).")] = ZOO_DIR,
+    ablations: Annotated[Path | None, typer.Option(help="Folder of SAD ablation checkpoints "
+                                                        "(default: ZOO/ablations if there).")
+                         ] = None,
+    render_clips: Annotated[int | None, typer.Option(help="Test clips rendered per method "
+                                                          "and condition (default 50; "
+                                                          "--quick 2).")] = None,
+    neuroclips_clips: Annotated[int | None, typer.Option(help="Clips per setting, few-step "
+                                                              "vs NeuroClips (default 8; "
+                                                              "--quick 1).")] = None,
+    trials: Annotated[int | None, typer.Option(help="N-way trials (default 100; --quick "
+                                                    "10).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Few clips and trials, short sweeps, "
+                                                        "no ridge video: every section in "
+                                                        "under a minute on a tiny zoo (for "
+                                                        "tests).")] = False,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
+                      ] = None,
+) -> None:
+    """Run the comparisons on one session and zoo and write REPORT.md (Markdown tables: ridge,
+    MLP, SAD/MAD + CVR and ceilings with caption and video metrics; online vs offline
+    preprocessing; SemVideo ablations; fused vs unfused video; few-step vs NeuroClips
+    sampling) and PNG plots (accuracy vs HRF lag, provisional vs final, accuracy vs
+    Refineformer steps, latency per stage, render time vs steps). Full run: 10-20 min on 2
+    cores."""
+    from .report import ReportOptions, build_report, write_report
+
+    say = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
+    try:
+        given = {k: v for k, v in (("render_clips", render_clips),
+                                   ("neuroclips_clips", neuroclips_clips),
+                                   ("trials", trials)) if v is not None}
+        if ablations is None and (zoo / "ablations").is_dir():
+            ablations = zoo / "ablations"
+        if ablations is not None and not ablations.is_dir():
+            raise FileNotFoundError(f"--ablations {ablations}: not a folder")
+        given.update(threads=threads, ablations=ablations)
+        opts = ReportOptions.quick_options(**given) if quick else ReportOptions(**given)
+        cfg = load_config(config if config is not None else STUDY_CONFIG)
+        root = data or Path(cfg.data.root)
+        if data is None:
+            _ensure_session(cfg, root)
+        result = build_report(root, zoo, cfg, opts, progress=not quiet, say=say)
+        path = write_report(result, out)
+    except (ConfigError, DataError, ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path} and its figures in {result['seconds']['total']:.0f} s")
 
 
 @app.command("config")

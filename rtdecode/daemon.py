@@ -88,6 +88,10 @@ class LatencyLog:
     def add(self, stage: str, ms: float) -> None:
         self._d[stage].append(ms)
 
+    def samples(self) -> dict[str, list[float]]:
+        """The raw samples (ms) kept per stage, oldest first (the last ``maxlen``)."""
+        return {s: list(d) for s, d in self._d.items()}
+
     def percentiles(self) -> dict[str, dict[str, float]]:
         out = {}
         for s, d in self._d.items():

@@ -189,6 +189,7 @@ class LiveResult:
     label: str                   # the session label on the wire
     wall_s: float
     pacing_late_ms: list[float] = field(default_factory=list)
+    latency_samples: dict[str, list[float]] = field(default_factory=dict)  # stage -> ms
 
 
 def live_replay(session: Session, run: Run, model: DecoderModel, cfg: Config,
@@ -257,7 +258,8 @@ def live_replay(session: Session, run: Run, model: DecoderModel, cfg: Config,
         pub.close()
     wall = time.perf_counter() - t0
     late = [x * 1e3 for x in replay.pacer.lateness]
-    return LiveResult(finals, sems, videos, status, truth, n_expected, label, wall, late)
+    return LiveResult(finals, sems, videos, status, truth, n_expected, label, wall, late,
+                      daemon.latency.samples())
 
 
 # ----------------------------------------------------------------------------- 5. video

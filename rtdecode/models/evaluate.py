@@ -112,16 +112,18 @@ def decode_sad(model: SAD, d: SubjectData, steps: int | None = None, seed: int =
 
 def evaluate_subject(session: Session, cfg: Config, targets: CaptionTargets,
                      models: dict[str, SAD] | None = None, steps: int | None = None,
-                     trials: int = 100, windows: dict | None = None) -> dict:
+                     trials: int = 100, windows: dict | None = None, ridge=None) -> dict:
     """Caption identification on the test runs for each trained model (``{"sad": ...,
     "mlp": ...}``, those that know this subject) and for a ridge fitted on the same (pooled)
     targets; single-trial and repeat-averaged. ``windows``: precomputed
-    :func:`eval_windows`."""
+    :func:`eval_windows`; ``ridge``: that ridge already fitted (anything with
+    ``predict``), else a :class:`~sklearn.linear_model.RidgeCV` is fitted here."""
     from sklearn.linear_model import RidgeCV
 
     w = windows or eval_windows(session, cfg)
-    ridge = RidgeCV(alphas=np.asarray(cfg.ridge.alphas)).fit(
-        w["train"].X, pooled(targets(w["train"].clip_ids)))
+    if ridge is None:
+        ridge = RidgeCV(alphas=np.asarray(cfg.ridge.alphas)).fit(
+            w["train"].X, pooled(targets(w["train"].clip_ids)))
     out: dict = {"single_trial": {}, "averaged": {}}
     for cond in out:
         d = w[cond]

@@ -90,22 +90,29 @@ def _subject(root: Path, zoo: Path) -> str:
 
 def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = "decoded",
                  threads: int | None = 2, settings: CVRSettings | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """Both settings on the same clips; JSON-ready figures and their ratios."""
+                 progress: bool = True, warmup: bool = True, cvr: CVR | None = None
+                 ) -> dict[str, Any]:
+    """Both settings on the same clips; JSON-ready figures and their ratios. ``warmup``:
+    one untimed render per setting first (first-call allocations); ``cvr``: a loaded
+    renderer of ``zoo`` to use (its settings are replaced by ``settings``)."""
     import torch
 
     from ..zoo.clip import load_toy_clip
 
     if threads:
         torch.set_num_threads(threads)
-    cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
+    if cvr is None:
+        cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
+    elif settings is not None:
+        cvr.settings = settings
     clip_model = load_toy_clip(zoo / "clip")
     inp, truth, _ = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips)
     out: dict[str, Any] = {}
     for name, s in (("ours", cvr.settings), ("neuroclips", NEUROCLIPS)):
-        cvr(inp.semantics[0], None if inp.latents is None else inp.latents[0],
-            settings=s)  # warm-up (first-call allocations), not timed
-        r = render_clips(cvr, inp, s, progress=progress)
+        if warmup:
+            cvr(inp.semantics[0], None if inp.latents is None else inp.latents[0],
+                settings=s)  # first-call allocations, not timed
+        r = render_clips(cvr, inp, s, progress=progress, desc=name)
         secs = np.asarray(r.seconds)
         out[name] = {"seconds_per_clip": round(float(secs.mean()), 4),
                      "seconds_p50": round(float(np.median(secs)), 4),
@@ -121,4 +128,5 @@ def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = 
     out["inputs"] = inp.source
     out["motion_module"] = cvr.video_unet is not None
     out["threads"] = threads or torch.get_num_threads()
+    out["warmup"] = warmup
     return out

@@ -64,17 +64,16 @@ def decoded_inputs(sad, mad, windows, subject_steps: int | None = None) -> Rende
 
 
 def render_clips(cvr: CVR, inputs: RenderInputs, settings: CVRSettings | None = None, *,
-                 fusion=None, progress: bool = False) -> Rendered:
+                 fusion=None, progress: bool = False, desc: str = "render") -> Rendered:
     """Render every clip of ``inputs`` in order (with ``fusion``: chained clips start from
-    the previous clip's tail frame)."""
+    the previous clip's tail frame); ``desc`` labels the progress bar (stderr)."""
     from tqdm.auto import tqdm
 
     settings = settings or cvr.settings
     clips, anchors, secs, chains = [], [], [], []
     stages: dict[str, list[float]] = {}
     evals = 0
-    for i in tqdm(range(len(inputs.clip_ids)), disable=not progress, desc="render",
-                  unit="clip"):
+    for i in tqdm(range(len(inputs.clip_ids)), disable=not progress, desc=desc, unit="clip"):
         z = None if inputs.latents is None else inputs.latents[i]
         t0 = time.perf_counter()
         s = CVRSettings(**{**settings.__dict__, "seed": settings.seed + i})
