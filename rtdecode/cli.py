@@ -1143,12 +1143,19 @@ def train_unet_cmd(
     latents, cross-attending to the toy CLIP's caption token states); resumable."""
     import dataclasses
 
-    from .zoo.unet import ToyUNetConfig, prepare_data, train_render_model
+    from .zoo.unet import ToyUNetConfig
 
     cfg = dataclasses.replace(ToyUNetConfig(), steps=steps)
+    _train_render("unet", data, clip, vae, out, cfg, max_minutes=max_minutes, threads=threads)
+
+
+def _train_render(kind: str, data: Path, clip: Path, vae: Path, out: Path, cfg, **kw) -> None:
+    """`train unet` / `train motion`: encode the session once (cached), train, report."""
+    from .zoo.unet import prepare_data, train_render_model
+
     try:
         rd = prepare_data(data, clip, vae, cfg, cache_dir=out.parent / "render_cache")
-        train_render_model("unet", rd, out, cfg, max_minutes=max_minutes, threads=threads)
+        train_render_model(kind, rd, out, cfg, **kw)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     m = json.loads((out / "config.json").read_text())["metrics"]
@@ -1174,18 +1181,12 @@ def train_motion_cmd(
     clips with the toy UNet frozen; resumable."""
     import dataclasses
 
-    from .zoo.unet import ToyUNetConfig, prepare_data, train_render_model
+    from .zoo.unet import ToyUNetConfig
 
     cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, batch_size=batch_size,
                               checkpoint_every=100, snapshot_every=500, lr=1e-3)
-    try:
-        rd = prepare_data(data, clip, vae, cfg, cache_dir=out.parent / "render_cache")
-        train_render_model("motion", rd, out, cfg, unet_dir=unet, max_minutes=max_minutes,
-                           threads=threads)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    m = json.loads((out / "config.json").read_text())["metrics"]
-    typer.echo(f"saved {out}: validation loss {m['val_loss']} at step {m['step']}")
+    _train_render("motion", data, clip, vae, out, cfg, unet_dir=unet, max_minutes=max_minutes,
+                  threads=threads)
 
 
 @train_app.command("probe")

@@ -43,14 +43,15 @@ def test_partial_simulation_is_the_full_one_restricted(tmp_path):
     assert len(load_session(tmp_path / "part", "sub-01").runs) == 1
 
 
-def test_run_selection_errors():
+def test_run_selection_errors(tmp_path):
     assert parse_run_selection("test:1,train") == [("test", 1), ("train", None)]
     for bad in ("rest", "test:x", ""):
         with pytest.raises(ValueError):
             parse_run_selection(bad)
     with pytest.raises(ValueError, match="test runs 1..2"):
-        simulate("/nonexistent/never-written", tiny_config(), progress=False,
+        simulate(tmp_path / "never-written", tiny_config(), progress=False,
                  runs=[("test", 9)])
+    assert not (tmp_path / "never-written").exists()
 
 
 def _demo(*args: str):
