@@ -51,6 +51,9 @@ from .specs import BuildOptions, Built, ExportSpec, detect_kind
 log = logging.getLogger("export.store")
 # onnx_ir logs every deduplicated initializer at INFO; keep the CLI readable
 logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+# ...and onnxscript warns for every constant Split it leaves unfolded (MAD's attention
+# in-projections): the graph is correct, the split just runs at inference
+logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)
 
 ONNX_FILE, INT8_FILE, PLAN_FILE = "model.onnx", "model.int8.onnx", "model.plan"
 TIMING_CACHE = ".timing-cache"
@@ -188,6 +191,7 @@ def export_built(built: Built, req: ExportRequest, progress: bool = True) -> lis
 
     store = EngineStore(req.store)
     spec = built.spec
+    _check_request(req, spec)
     wsha = built.source["weights_sha256"]
     bsrc = None
     if req.data is not None:
@@ -288,6 +292,20 @@ def export_built(built: Built, req: ExportRequest, progress: bool = True) -> lis
         bar.update(1)
     bar.close()
     return outcomes
+
+
+def _check_request(req: ExportRequest, spec: ExportSpec) -> None:
+    """The caption bank, the real parity windows and the int8 accuracy report are built on
+    SAD's interface (voxels in, ``pooled`` semantics out): refuse them for another kind
+    rather than ignore them."""
+    if "pooled" in spec.output_names:
+        return
+    given = [flag for flag, v in (("--data", req.data), ("--clip", req.clip),
+                                  ("--int8", req.int8)) if v]
+    if given:
+        raise ValueError(f"{', '.join(given)}: SAD-only (caption bank, real parity windows, "
+                         f"int8 accuracy on the pooled semantics); a {spec.kind} export takes "
+                         "none of them")
 
 
 def _real(req: ExportRequest, spec: ExportSpec, cache: dict):

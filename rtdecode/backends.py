@@ -417,6 +417,9 @@ def _resolve(model_dir: Path, engine_cfg, subject: str | None) -> dict:
     """What to look for: checkpoint, weights hash, subject, steps (or a given engine)."""
     if (model_dir / MANIFEST_FILE).is_file():  # an engine folder: everything is in it
         rec = read_manifest(model_dir)
+        if rec.manifest.get("kind", "sad") != "sad":  # MAD, the VAE decoder: not decoders
+            raise ValueError(f"{model_dir}: a {rec.manifest['kind']} engine; serving decodes "
+                             "with a SAD checkpoint or engine")
         src = rec.manifest["source"]
         if subject and subject != rec.spec["subject"]:
             raise ValueError(f"{model_dir}: engine is for subject {rec.spec['subject']!r}, "

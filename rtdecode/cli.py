@@ -839,19 +839,21 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
 
 @app.command("export")
 def export_cmd(
-    model: Annotated[Path, typer.Option(help="Trained checkpoint directory (SAD: holds "
-                                             "sad.safetensors).")],
+    model: Annotated[Path, typer.Option(help="Trained checkpoint directory: SAD "
+                                             "(sad.safetensors), MAD (mad.safetensors) or "
+                                             "the toy VAE (vae.safetensors: its decoder).")],
     subject: Annotated[str | None, typer.Option(help="Subject whose graph to export (one "
                                                      "graph per subject; default: the only "
                                                      "one).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Refineformer steps baked into the graph "
+    steps: Annotated[int | None, typer.Option(help="SAD: Refineformer steps baked into the "
+                                                   "graph (default: the checkpoint's).")
+                     ] = None,
+    data: Annotated[Path | None, typer.Option(help="SAD: session for the caption bank "
+                                                   "(training clips) and real inputs for the "
+                                                   "parity check and int8 accuracy.")] = None,
+    clip: Annotated[Path | None, typer.Option(help="SAD: toy CLIP the bank is encoded with "
                                                    "(default: the checkpoint's).")] = None,
-    data: Annotated[Path | None, typer.Option(help="Session: the caption bank (training "
-                                                   "clips) and real inputs for the parity "
-                                                   "check and int8 accuracy.")] = None,
-    clip: Annotated[Path | None, typer.Option(help="Toy CLIP the bank is encoded with "
-                                                   "(default: the checkpoint's).")] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="Also build the int8 (dynamic "
+    int8: Annotated[bool, typer.Option("--int8", help="SAD: also build the int8 (dynamic "
                                                       "quantization) engine.")] = False,
     tensorrt: Annotated[bool, typer.Option("--tensorrt", help="Also build a TensorRT plan "
                                                               "(needs TensorRT and a GPU).")
@@ -930,7 +932,7 @@ def engines_list(store: StoreOpt = None, config: ConfigOpt = None,
     if not recs:
         typer.echo(f"{root}: no engines (build one with `rtdecode export --model DIR`)")
         return
-    typer.echo(f"{'key':12} {'kind':5} {'subject':10} {'artifact':9} {'steps':>5} "
+    typer.echo(f"{'key':12} {'kind':11} {'subject':10} {'artifact':9} {'steps':>5} "
                f"{'batch':>9} {'parity abs':>10} {'MB':>8}  created")
     for r in recs:
         m = r.manifest
@@ -938,7 +940,7 @@ def engines_list(store: StoreOpt = None, config: ConfigOpt = None,
         batch = "{min}-{max}".format(**r.spec["batch"])
         parity = "-" if par is None else f"{par:.1e}"
         mb = sum(f["bytes"] for f in m.get("files", {}).values()) / 2**20
-        typer.echo(f"{r.key[:12]} {m['kind']:5} {r.spec['subject']:10} {m['artifact']:9} "
+        typer.echo(f"{r.key[:12]} {m['kind']:11} {r.spec['subject']:10} {m['artifact']:9} "
                    f"{r.spec['options'].get('steps', '-')!s:>5} {batch:>9} {parity:>10} "
                    f"{mb:8.1f}  {m['created']}")
 

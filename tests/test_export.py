@@ -1,7 +1,9 @@
-"""Export → parity → run, the engine store, and the runtime backends, on a tiny seeded SAD.
+"""Export → parity → run, the engine store, and the runtime backends, on a tiny seeded SAD;
+export → parity → run of a tiny seeded MAD and toy-VAE decoder.
 
-One export (fp32 + int8, with a caption bank from a tiny simulated session and a random tiny
-CLIP) is built per module and shared; the other tests reuse it or compute keys only.
+One SAD export (fp32 + int8, with a caption bank from a tiny simulated session and a random
+tiny CLIP) is built per module and shared; the other tests reuse it or compute keys only.
+Likewise one MAD and one VAE-decoder export (no session needed).
 """
 
 from __future__ import annotations
@@ -38,10 +40,18 @@ from rtdecode.cli import app
 from rtdecode.config import Config, ConfigError, EngineConfig, from_dict
 from rtdecode.data import load_session
 from rtdecode.engine import provenance
+from rtdecode.models.mad import MAD, MADConfig
 from rtdecode.models.sad import SAD, SADGraph, sad_preset
 from rtdecode.models.train import load_checkpoint, save_checkpoint
 from rtdecode.simulator import simulate
 from rtdecode.zoo.clip import ToyClipConfig, build_model, save_toy_clip
+from rtdecode.zoo.vae import (
+    ToyVAEConfig,
+    build_vae,
+    load_toy_vae,
+    pixels_to_frames,
+    save_toy_vae,
+)
 
 SUBJECT = "sub-01"
 TINY_SAD = dict(hidden=32, mlp_layers=1, n_tokens=4, token_dim=32, refine_width=16,
@@ -153,6 +163,16 @@ def test_int8_engine_runs_and_reports_accuracy(world):
         assert k in acc
     eng = OnnxRuntimeEngine(out.record.file, threads=1)
     assert eng.decode(np.zeros((3, eng.n_inputs), np.float32)).shape == (3, 96)
+
+
+def test_sad_spec_with_a_low_rank_projection():
+    """The shipped SAD's subject projection is low-rank (two linears): its voxel count is
+    the first one's input width."""
+    from export.specs import sad_graph
+
+    model = SAD(sad_preset("toy", {SUBJECT: 50}, **dict(TINY_SAD, proj_rank=8))).eval()
+    _, spec = sad_graph(model, SUBJECT, 2)
+    assert spec.inputs[0].shape == ("batch", 50) and spec.options["n_voxels"] == 50
 
 
 # ----------------------------------------------------------------------------- the store
@@ -304,6 +324,171 @@ def test_onnxruntime_serve_path_does_not_import_torch(world):
     assert res == {"torch": False, "backend": "onnxruntime", "finals": res["finals"],
                    "decoded": res["decoded"]}
     assert res["decoded"] > 0 and res["finals"] > 0
+
+
+# ----------------------------------------------------------------------------- MAD, VAE
+
+# low-rank projection (proj_rank < hidden), 3 frames of 4x8x8 latents, 5 motion tokens
+TINY_MAD = dict(hidden=16, proj_rank=8, embed_layers=1, dropout=0.0, n_frames=3,
+                latent_shape=(4, 8, 8), patch=4, width=16, heads=2, blocks=1, motion_tokens=5,
+                token_dim=12)
+TINY_VAE = ToyVAEConfig(image_size=16, block_out_channels=(8, 8), norm_num_groups=4)
+MAD_VOXELS = 40
+
+
+def _save_tiny_vae(folder: Path, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    # fp16 as shipped; a scaling factor != 1 checks the graph takes MAD's scaled latents
+    save_toy_vae(build_vae(TINY_VAE), TINY_VAE, folder, scaling_factor=0.5, fp16=True)
+
+
+@pytest.fixture(scope="module")
+def mad_vae(tmp_path_factory):
+    """A tiny seeded MAD and toy-VAE checkpoint (fp16, as shipped), exported into one store
+    without --data."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("mad_vae")
+    torch.manual_seed(0)
+    mad = MAD(MADConfig(subjects={SUBJECT: MAD_VOXELS}, **TINY_MAD)).eval()
+    save_checkpoint(mad, root / "mad", {"trained_on": {SUBJECT: {"n_voxels": MAD_VOXELS}}},
+                    fp16=True)
+    _save_tiny_vae(root / "vae")
+    store = root / "engines"
+    out = {k: export_checkpoint(ExportRequest(root / k, store=store, batch=(1, 2, 8)),
+                                progress=False)[0] for k in ("mad", "vae")}
+    return {"root": root, "store": store, **out}
+
+
+def _graph_dims(path: Path) -> dict[str, list]:
+    g = onnx.load(str(path), load_external_data=False).graph
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(g.input) + list(g.output)}
+
+
+def test_mad_exports_with_motion_input_and_runs_batch_1_and_more(mad_vae):
+    import onnxruntime as ort
+
+    rec = mad_vae["mad"].record
+    m = rec.manifest
+    assert mad_vae["mad"].status == "built" and m["kind"] == "mad"
+    assert m["export"]["exporter"] == "dynamo" and m["checks"]["onnx_checker"] == "passed"
+    par = m["checks"]["parity"]
+    assert par["ok"] and set(par["sets"]) == {"random_b1", "random_b3"}
+    spec = m["spec"]
+    assert spec["subject"] == SUBJECT and spec["options"]["motion"] == "input"
+    assert [(t["name"], t["shape"]) for t in spec["inputs"]] == [
+        ("x", ["batch", MAD_VOXELS]), ("motion", ["batch", 5, 12])]
+    assert [(t["name"], t["shape"]) for t in spec["outputs"]] == [
+        ("latents", ["batch", 3, 4, 8, 8])]
+    dims = _graph_dims(rec.file)
+    assert isinstance(dims["x"][0], str) and isinstance(dims["latents"][0], str)
+    assert m["source"]["weights_sha256"] == file_sha256(mad_vae["root"] / "mad" /
+                                                        "mad.safetensors")
+    # one export, batch 1 and more, against the model's own forward (not the wrapper)
+    sess = ort.InferenceSession(str(rec.file), providers=["CPUExecutionProvider"])
+    model, _ = load_checkpoint(mad_vae["root"] / "mad")
+    rng = np.random.default_rng(0)
+    for batch in (1, 2, 5):
+        x = rng.standard_normal((batch, MAD_VOXELS)).astype(np.float32)
+        motion = rng.standard_normal((batch, 5, 12)).astype(np.float32)
+        got = sess.run(["latents"], {"x": x, "motion": motion})[0]
+        with torch.no_grad():
+            want = model(torch.from_numpy(x), SUBJECT, torch.from_numpy(motion)).numpy()
+        assert got.shape == (batch, 3, 4, 8, 8)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    # the ablation without cross-attention takes no motion input
+    from export.specs import mad_graph
+
+    plain = MAD(MADConfig(subjects={SUBJECT: MAD_VOXELS}, **TINY_MAD, use_cross=False))
+    graph, spec = mad_graph(plain.eval(), SUBJECT)
+    assert spec.input_names == ["x"] and spec.options["motion"] == "none"
+    assert graph(torch.zeros(2, MAD_VOXELS)).shape == (2, 3, 4, 8, 8)
+
+
+def test_vae_decoder_exports_and_decodes_like_toy_vae(mad_vae):
+    import onnxruntime as ort
+
+    rec = mad_vae["vae"].record
+    m = rec.manifest
+    assert mad_vae["vae"].status == "built" and m["kind"] == "vae-decoder"
+    assert m["checks"]["parity"]["ok"] and m["export"]["exporter"] == "dynamo"
+    spec = m["spec"]
+    assert spec["subject"] == "any" and spec["options"]["scaling_factor"] == 0.5
+    assert [(t["name"], t["shape"]) for t in spec["inputs"]] == [("latents", ["batch", 4, 8, 8])]
+    assert [(t["name"], t["shape"]) for t in spec["outputs"]] == [
+        ("frames", ["batch", 3, 16, 16])]
+    assert isinstance(_graph_dims(rec.file)["latents"][0], str)
+    sess = ort.InferenceSession(str(rec.file), providers=["CPUExecutionProvider"])
+    vae = load_toy_vae(mad_vae["root"] / "vae")
+    rng = np.random.default_rng(1)
+    for batch in (1, 4):
+        z = (3 * rng.standard_normal((batch, 4, 8, 8))).astype(np.float32)  # some clamp
+        pixels = sess.run(["frames"], {"latents": z})[0]
+        assert pixels.shape == (batch, 3, 16, 16)
+        assert pixels.min() >= -1 and pixels.max() <= 1
+        with torch.no_grad():
+            want = vae.decoder_graph()(torch.from_numpy(z)).numpy()
+        np.testing.assert_allclose(pixels, want, atol=1e-4, rtol=1e-3)
+        # the scaled latents in, what ToyVAE.decode makes of them out (uint8, +-1 rounding)
+        frames = pixels_to_frames(torch.from_numpy(pixels))
+        diff = np.abs(frames.astype(int) - vae.decode(z).astype(int))
+        assert diff.max() <= 1
+
+
+def test_mad_and_vae_keys_change_with_weights(mad_vae, tmp_path):
+    def key(built):
+        return engine_key(key_inputs(built.spec, built.source["weights_sha256"], "onnx",
+                                     opset=18, bank=None))
+    again = export_checkpoint(ExportRequest(mad_vae["root"] / "vae", store=mad_vae["store"],
+                                            batch=(1, 2, 8)), progress=False)[0]
+    assert again.status == "reused" and again.record.key == mad_vae["vae"].record.key
+    for kind, edit in (("mad", "head.bias"), ("vae", "decoder.conv_out.bias")):
+        src = mad_vae["root"] / kind
+        entry = detect_kind(src)
+        base = entry.build(src, BuildOptions(batch=(1, 2, 8)))
+        assert key(base) == mad_vae[kind].record.key
+        assert key(entry.build(src, BuildOptions(batch=(1, 2, 16)))) != key(base)
+        changed = tmp_path / kind
+        if kind == "mad":
+            model, meta = load_checkpoint(src)
+            with torch.no_grad():
+                model.get_parameter(edit).add_(1e-2)
+            save_checkpoint(model, changed, meta, fp16=True)
+        else:
+            vae = load_toy_vae(src)
+            with torch.no_grad():
+                vae.model.get_parameter(edit).add_(1e-2)
+            save_toy_vae(vae.model, TINY_VAE, changed, scaling_factor=0.5, fp16=True)
+        assert key(entry.build(changed, BuildOptions(batch=(1, 2, 8)))) != key(base)
+
+
+def test_mad_and_vae_cli_export_list_verify_and_sad_only_options(mad_vae):
+    runner = CliRunner()
+    store = str(mad_vae["store"])
+    for kind in ("mad", "vae"):
+        res = runner.invoke(app, ["export", "--model", str(mad_vae["root"] / kind),
+                                  "--store", store, "--batch", "1,2,8"])
+        assert res.exit_code == 0, res.output
+        assert "reused" in res.output
+    res = runner.invoke(app, ["engines", "list", "--store", store])
+    assert res.exit_code == 0 and "vae-decoder" in res.output and "mad" in res.output
+    res = runner.invoke(app, ["engines", "verify", "--store", store])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("parity vs torch: ok") == 2
+    # SAD-only options are refused, not ignored
+    for args, msg in ((["--steps", "2"], "--steps is SAD's"),
+                      (["--data", store], "SAD-only"),
+                      (["--int8"], "SAD-only"),
+                      (["--subject", SUBJECT], "one graph for every subject")):
+        res = runner.invoke(app, ["export", "--model", str(mad_vae["root"] / "vae"),
+                                  "--store", store, *args])
+        assert res.exit_code != 0 and msg in res.output, (args, res.output)
+    res = runner.invoke(app, ["export", "--model", str(mad_vae["root"] / "mad"), "--store",
+                              store, "--subject", "sub-09"])
+    assert res.exit_code != 0 and "unknown to this MAD" in res.output
+    # not decoders for `serve`: said so, not a KeyError on SAD's options
+    with pytest.raises(ValueError, match="a mad engine"):
+        load_neural_decoder(mad_vae["mad"].record.path, EngineConfig(store=store), None)
 
 
 # ----------------------------------------------------------------------------- registry

@@ -133,7 +133,7 @@ class MAD(nn.Module):
             raise KeyError(f"subject {subject!r} has no projection (have {list(self.proj)})")
         c = self.cfg
         h = self.embedder(self.proj[subject](x))
-        B = len(h)
+        B = h.shape[0]  # not len(h): len() is an int and would freeze an exported batch
         return (self.to_patch(h).view(B, 1, c.n_patches, c.width)
                 + self.to_frame(h).view(B, c.n_frames, 1, c.width)
                 + self.pos_frame[None] + self.pos_patch[None])
@@ -173,6 +173,33 @@ class MAD(nn.Module):
     def val_error(self, x: torch.Tensor, subject: str, target: dict) -> float:
         return float(F.mse_loss(self.decode(x, subject, target.get("motion")),
                                 target["latents"]))
+
+
+class MADGraph(nn.Module):
+    """One subject's MAD decode as a pure function of its inputs — what is exported to ONNX.
+
+    ``forward(x, motion)``: ``x`` (B, voxels) float32, ``motion`` (B, motion_tokens,
+    token_dim) SAD's decoded motion semantics (its ``motion`` level); returns the per-frame
+    scaled VAE latents (B, frames, C, h, w). A MAD trained without cross-attention
+    (``use_cross=False``, the ablation) ignores motion, and its graph takes ``x`` alone.
+    ``MAD.forward(x, subject, None)`` on a cross-attending MAD (cross-attention skipped) is
+    not a graph: nothing feeds it, the render worker requires SAD's motion level.
+    """
+
+    def __init__(self, model: MAD, subject: str):
+        super().__init__()
+        if subject not in model.proj:
+            raise KeyError(f"subject {subject!r} has no projection (have {list(model.proj)})")
+        self.model, self.subject = model, subject
+
+    @property
+    def uses_motion(self) -> bool:
+        return self.model.motion_in is not None
+
+    def forward(self, x: torch.Tensor, motion: torch.Tensor | None = None) -> torch.Tensor:
+        if self.uses_motion and motion is None:
+            raise ValueError("MADGraph of a cross-attending MAD needs the motion input")
+        return self.model.decode(x, self.subject, motion if self.uses_motion else None)
 
 
 def contrastive(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:

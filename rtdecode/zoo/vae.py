@@ -106,6 +106,23 @@ def pixels_to_frames(x: torch.Tensor) -> np.ndarray:
     return y.permute(0, 2, 3, 1).numpy()
 
 
+class VAEDecoderGraph(torch.nn.Module):
+    """The VAE's decoder as a pure function — what is exported to ONNX and what
+    :meth:`ToyVAE.decode` runs, so the two compute the same thing.
+
+    ``forward(latents)``: scaled latents (B, C, h, w), one frame of MAD's output; the
+    division by ``scaling_factor`` is part of the graph. Returns pixels (B, 3, H, W) float
+    in [-1, 1] (the diffusers range, clamped; :func:`pixels_to_frames` makes uint8).
+    """
+
+    def __init__(self, model, scaling_factor: float):
+        super().__init__()
+        self.model, self.scaling_factor = model, float(scaling_factor)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(latents / self.scaling_factor).sample.clamp(-1.0, 1.0)
+
+
 class ToyVAE:
     """Inference wrapper: frames ↔ scaled latents (``latent = mean · scaling_factor``)."""
 
@@ -119,6 +136,10 @@ class ToyVAE:
         c = self.model.config
         f = 2 ** (len(c.block_out_channels) - 1)
         return (c.latent_channels, c.sample_size // f, c.sample_size // f)
+
+    def decoder_graph(self) -> VAEDecoderGraph:
+        """The decoder as an exportable module (scaled latents → pixels in [-1, 1])."""
+        return VAEDecoderGraph(self.model, self.scaling_factor)
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> np.ndarray:
@@ -135,8 +156,9 @@ class ToyVAE:
         """Latents ``(..., C, h, w)`` → uint8 frames ``(..., H, W, 3)``."""
         z = torch.as_tensor(np.asarray(latents, np.float32))
         lead = z.shape[:-3]
-        flat = z.reshape(-1, *z.shape[-3:]) / self.scaling_factor
-        out = [pixels_to_frames(self.model.decode(flat[i: i + self.batch_size]).sample)
+        flat = z.reshape(-1, *z.shape[-3:])
+        graph = self.decoder_graph()
+        out = [pixels_to_frames(graph(flat[i: i + self.batch_size]))
                for i in range(0, len(flat), self.batch_size)]
         size = self.model.config.sample_size
         frames = np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
