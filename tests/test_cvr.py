@@ -185,3 +185,28 @@ def test_real_sd15_weights():
     pytest.skip("real SD1.5 + AnimateDiff weights are not on this machine (no model hub, no "
                 "GPU): CVR.from_pretrained is written against the documented diffusers API "
                 "and untested here; configs/sd15.toml shows the settings")
+
+
+def test_render_cache_is_recomputed_for_other_weights(tiny_zoo, small_session, tmp_path):
+    """A render cache made with one VAE is not reused with another (a retrained VAE changes
+    the latent space: stale latents would train the UNet on the wrong targets)."""
+    import shutil
+
+    from rtdecode.zoo.unet import ToyUNetConfig, prepare_data
+    from rtdecode.zoo.vae import save_toy_vae
+
+    cfg = ToyUNetConfig(n_tokens=4)
+    first = prepare_data(small_session, tiny_zoo / "clip", tiny_zoo / "vae", cfg,
+                         cache_dir=tmp_path / "cache", progress=False)
+    again = prepare_data(small_session, tiny_zoo / "clip", tiny_zoo / "vae", cfg,
+                         cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(first.latents, again.latents)
+
+    other = tmp_path / "vae2"
+    shutil.copytree(tiny_zoo / "vae", other)
+    torch.manual_seed(1)
+    vcfg = ToyVAEConfig(block_out_channels=(16, 16), norm_num_groups=8)
+    save_toy_vae(build_vae(vcfg), vcfg, other, scaling_factor=1.0)
+    changed = prepare_data(small_session, tiny_zoo / "clip", other, cfg,
+                           cache_dir=tmp_path / "cache", progress=False)
+    assert not np.allclose(changed.latents, first.latents)

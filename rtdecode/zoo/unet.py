@@ -170,12 +170,21 @@ def prepare_data(data_dir: str | Path, clip_path: str | Path, vae_path: str | Pa
     from .clip import load_stimuli, load_toy_clip
     from .vae import load_toy_vae
 
+    from ..backends import file_sha256
+
     frames, records = load_stimuli(data_dir)
     cache = Path(cache_dir) / "render_cache.npz" if cache_dir else None
-    if cache is not None and cache.exists():
-        z = np.load(cache)
+    # the cache is valid only for the weights and conditioning layout it was computed with
+    key = json.dumps({"vae": file_sha256(Path(vae_path) / "vae.safetensors"),
+                      "clip": file_sha256(Path(clip_path) / "clip.safetensors"),
+                      "n_tokens": cfg.n_tokens, "levels": list(cfg.levels),
+                      "clips": len(records)}, sort_keys=True)
+    z = np.load(cache) if cache is not None and cache.exists() else None
+    if z is not None and "key" in z and str(z["key"]) == key:
         latents, cond = z["latents"], z["cond"]
     else:
+        if z is not None and progress:
+            tqdm.write(f"{cache}: computed from other weights or captions; recomputing")
         vae = load_toy_vae(vae_path)
         clip = load_toy_clip(clip_path)
         chunks = []
@@ -186,7 +195,7 @@ def prepare_data(data_dir: str | Path, clip_path: str | Path, vae_path: str | Pa
         cond = encode_conditions(clip, records, cfg.n_tokens, cfg.levels)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, latents=latents, cond=cond)
+            np.savez(cache, latents=latents, cond=cond, key=np.array(key))
     train = np.array([r["clip_id"] for r in records if r["split"] == "train"])
     if len(train) < 2:
         raise ValueError(f"{data_dir}: need >= 2 training clips, found {len(train)}")
