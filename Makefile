@@ -54,8 +54,7 @@ TRAIN_SAD := $(RT) train sad --data $(STUDY) --config configs/study.toml --clip 
 zoo: venv
 	test -f $(STUDY)/simulation.json || $(RT) simulate $(STUDY) --preset study --subjects 1 --seed 0
 	$(RT) train clip --data $(STUDY) --out runs/zoo/clip --steps 600
-	$(RT) train vae --data $(STUDY) --out runs/zoo/vae --steps 600
-	$(RT) train vae-decoder --data $(STUDY) --vae runs/zoo/vae --out runs/zoo/vae --steps 500
+	$(RT) train vae --data $(STUDY) --out runs/zoo/vae --steps 1600 --object-weight 8 --threads 1
 	$(TRAIN_SAD) --out runs/zoo/sad
 	$(TRAIN_SAD) --preset mlp --out runs/zoo/mlp
 	$(TRAIN_SAD) --noise-free --out runs/zoo/noise_free

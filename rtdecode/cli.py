@@ -1196,6 +1196,7 @@ def train_probe_cmd(
     data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/probe"),
     steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
+    width: Annotated[int, typer.Option(help="Channels of the probe's first layer.")] = 16,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
 ) -> None:
     """Train the attribute probe (a small CNN on a clip's first and last true frames) that
@@ -1209,7 +1210,7 @@ def train_probe_cmd(
     torch.set_num_threads(threads)
     try:
         frames, records = load_stimuli(data)
-        probe = train_probe(frames, records, out, steps=steps)
+        probe = train_probe(frames, records, out, steps=steps, width=width)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     test = [r for r in records if r["split"] == "test"]
@@ -1547,12 +1548,17 @@ def fidelity_cmd(
                                                    "simulated if absent).")] = None,
     clips: Annotated[int, typer.Option(help="Test clips per condition.")] = 60,
     conditions: Annotated[str, typer.Option(help="Comma-separated: true_frames, vae, truth, "
-                                                 "text_only, decoded.")
-                          ] = "true_frames,vae,truth,text_only,decoded",
+                                                 "text_only, motion_frames, decoded.")
+                          ] = "true_frames,vae,truth,text_only,motion_frames,decoded",
     curve: Annotated[Path | None, typer.Option(help="A UNet training folder with snapshots/: "
                                                     "fidelity per snapshot instead (writes "
                                                     "curve.csv and curve.png there).")] = None,
     steps: Annotated[int, typer.Option(help="Scheduler steps.")] = 4,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance (1 = off).")] = 1.0,
+    anchor_strength: Annotated[float, typer.Option(help="Stage 2: how far the first motion "
+                                                        "frame is re-noised (0-1).")] = 0.8,
+    video_strength: Annotated[float, typer.Option(help="Stage 3: how far the motion latents "
+                                                       "are re-noised (0-1).")] = 0.6,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
@@ -1581,8 +1587,10 @@ def fidelity_cmd(
                        f"({len(rows)} snapshots)")
             return
         conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
+        settings = CVRSettings(steps=steps, guidance=guidance, anchor_strength=anchor_strength,
+                               video_strength=video_strength)
         result = fidelity_report(zoo, root, cfg, probe, n_clips=clips, conditions=conds,
-                                 settings=CVRSettings(steps=steps), progress=not as_json)
+                                 settings=settings, progress=not as_json)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -1591,13 +1599,13 @@ def fidelity_cmd(
     from .render.fidelity import ATTRIBUTES
 
     typer.echo(f"{result['clips']} test clips; attribute accuracy, probe (toy CLIP zero-shot)")
-    typer.echo(f"{'condition':12}" + "".join(f"{a:>18}" for a in ATTRIBUTES))
+    typer.echo(f"{'condition':14}" + "".join(f"{a:>18}" for a in ATTRIBUTES))
     for cond in conds:
         r = result[cond]
         cells = [f"{r['probe'][a]:.2f}" + (f" ({r['clip_zero_shot'][a]:.2f})"
                                            if a in r.get("clip_zero_shot", {}) else "")
                  for a in ATTRIBUTES]
-        typer.echo(f"{cond:12}" + "".join(f"{c:>18}" for c in cells))
+        typer.echo(f"{cond:14}" + "".join(f"{c:>18}" for c in cells))
 
 
 @app.command("report")

@@ -50,7 +50,7 @@ def test_render_writes_the_side_by_side_video(small_session, tiny_zoo, tmp_path)
 def test_fidelity_conditions(small_session, tiny_zoo):
     out = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
               "4")
-    for cond in ("true_frames", "vae", "truth", "text_only", "decoded"):
+    for cond in ("true_frames", "vae", "truth", "text_only", "motion_frames", "decoded"):
         probe = out[cond]["probe"]
         assert set(probe) == {"background", "colour", "shape", "position", "motion"}
         assert all(0.0 <= v <= 1.0 for v in probe.values())
@@ -76,3 +76,7 @@ def test_bad_inputs_are_clear_errors(small_session, tiny_zoo):
     res = CliRunner().invoke(app, ["fidelity", "--zoo", str(tiny_zoo / "nowhere"), "--data",
                                    str(small_session), "--config", str(DEFAULT_CONFIG)])
     assert res.exit_code != 0 and "probe" in res.output
+    res = CliRunner().invoke(app, ["fidelity", "--zoo", str(tiny_zoo), "--data",
+                                   str(small_session), "--config", str(DEFAULT_CONFIG),
+                                   "--anchor-strength", "1.5"])
+    assert res.exit_code != 0 and "1.5" in res.output

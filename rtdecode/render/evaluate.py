@@ -114,8 +114,9 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
     """Attribute accuracy (probe and toy CLIP) of the first ``n_clips`` test clips per
     condition: ``true_frames`` (the classifiers' ceiling), ``vae`` (true frames through the toy
     VAE), ``truth`` (rendered from true caption tokens and true latents), ``text_only`` (from
-    true caption tokens alone: the UNet's own fidelity), ``decoded`` (SAD + MAD single-trial
-    windows, as live). ``unet_weights``: a snapshot file to load instead of the final
+    true caption tokens alone: the UNet's own fidelity), ``motion_frames`` (MAD's decoded
+    latents through the VAE decoder: CVR's stage 1 alone, no UNet), ``decoded`` (SAD + MAD
+    single-trial windows through all three stages, as live). ``unet_weights``: a snapshot file to load instead of the final
     weights (the training curve)."""
     from pathlib import Path
 
@@ -132,6 +133,7 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
                   settings=cvr.settings)
     clip_model = load_toy_clip(zoo / "clip")
     out: dict[str, Any] = {}
+    decoded = None
     truth_in, truth_clips, records = load_inputs("truth", root, cfg, zoo, cvr, clip_model,
                                                  n_clips)
     for cond in conditions:
@@ -146,12 +148,20 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
         elif cond == "text_only":
             inp = RenderInputs(truth_in.clip_ids, truth_in.semantics, None, "truth/text_only")
             clips = render_clips(cvr, inp, progress=progress).clips
-        elif cond == "decoded":
-            inp, _, _ = load_inputs("decoded", root, cfg, zoo, cvr, clip_model, n_clips)
-            clips = render_clips(cvr, inp, progress=progress).clips
+        elif cond in ("decoded", "motion_frames"):
+            if decoded is None:
+                decoded, _, _ = load_inputs("decoded", root, cfg, zoo, cvr, clip_model, n_clips)
+            if cond == "decoded":
+                clips = render_clips(cvr, decoded, progress=progress).clips
+            elif decoded.latents is None:
+                raise ValueError("condition 'motion_frames' needs MAD (mad/ in the zoo)")
+            else:  # CVR's stage 1 alone: MAD's decoded latents through the VAE decoder
+                z = decoded.latents
+                clips = cvr.vae.decode(z.reshape(-1, *z.shape[2:]))
+                clips = clips.reshape(*z.shape[:2], *clips.shape[1:])
         else:
             raise ValueError(f"condition {cond!r}: want one of true_frames, vae, truth, "
-                             "text_only, decoded")
+                             "text_only, motion_frames, decoded")
         out[cond] = fidelity(clips, records, probe, clip_model)
     out["clips"] = len(records)
     return out
