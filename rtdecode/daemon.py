@@ -26,13 +26,13 @@ A volume from a new ``session`` label starts a new run: the preprocessing state 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import queue
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,26 +80,75 @@ def _json_items(meta: dict, exclude: dict) -> dict:
 
 
 class LatencyLog:
-    """Bounded per-stage latency samples (ms) with percentiles."""
+    """Bounded per-stage latency samples (ms) with percentiles.
+
+    Each stage keeps its last ``maxlen`` samples in a preallocated ring buffer, so adding is
+    one store and the status heartbeat's percentiles work on arrays already in place (no
+    conversion of thousands of Python floats while holding the GIL).
+    """
 
     def __init__(self, maxlen: int = 4096):
-        self._d = {s: deque(maxlen=maxlen) for s in STAGES}
+        self.maxlen = maxlen
+        self._buf = {s: np.empty(maxlen, np.float64) for s in STAGES}
+        self._n = dict.fromkeys(STAGES, 0)  # samples ever added per stage
 
     def add(self, stage: str, ms: float) -> None:
-        self._d[stage].append(ms)
+        n = self._n[stage]
+        self._buf[stage][n % self.maxlen] = ms
+        self._n[stage] = n + 1
+
+    def _ordered(self, stage: str) -> np.ndarray:
+        n, buf = self._n[stage], self._buf[stage]
+        if n <= self.maxlen:
+            return buf[:n].copy()
+        i = n % self.maxlen
+        return np.concatenate((buf[i:], buf[:i]))
 
     def samples(self) -> dict[str, list[float]]:
         """The raw samples (ms) kept per stage, oldest first (the last ``maxlen``)."""
-        return {s: list(d) for s, d in self._d.items()}
+        return {s: self._ordered(s).tolist() for s in STAGES}
 
     def percentiles(self) -> dict[str, dict[str, float]]:
         out = {}
-        for s, d in self._d.items():
-            if d:
-                a = np.fromiter(d, float)
-                out[s] = {"p50_ms": round(float(np.percentile(a, 50)), 3),
-                          "p99_ms": round(float(np.percentile(a, 99)), 3), "n": len(a)}
+        for s in STAGES:
+            n = min(self._n[s], self.maxlen)
+            if n:
+                p50, p99 = np.percentile(self._buf[s][:n], (50, 99))
+                out[s] = {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3),
+                          "n": n}
         return out
+
+
+class OutputQueue:
+    """The bounded hand-off to the publish stage (several producers, one consumer).
+
+    Behaves as ``queue.Queue(maxsize)`` does here — ``put_nowait`` refuses an item when
+    ``maxsize`` are waiting (the daemon counts it as dropped), ``get`` blocks — but on
+    :class:`queue.SimpleQueue` (C) with a plain lock for the bound: a TR queues several
+    outputs, and ``queue.Queue``'s Python-level conditions cost microseconds per item on
+    each side. ``put`` (end of stream) never refuses: it queues its item after the others.
+    """
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()  # producers check the bound and put as one step
+
+    def put_nowait(self, item) -> None:
+        with self._lock:
+            if self._q.qsize() >= self.maxsize:
+                raise queue.Full
+            self._q.put(item)
+
+    def put(self, item) -> None:
+        with self._lock:
+            self._q.put(item)
+
+    def get(self):
+        return self._q.get()
+
+    def qsize(self) -> int:
+        return self._q.qsize()
 
 
 class LatestWins:
@@ -149,6 +198,10 @@ class Daemon:
     returns a :class:`~rtdecode.messages.Clip`, published on the ``video`` topic with its
     ``render_ms`` and the JSON-serialisable items of ``Clip.meta``; the hand-off is
     latest-wins, so a slow renderer drops renders (``renders_dropped``), never volumes.
+
+    ``caption_outlet`` (e.g. :class:`~rtdecode.transport.lsl.LslCaptionOutlet`) gets every
+    caption header through ``push(header)``; when that returns the JSON text it sent, the
+    journal writes that text instead of encoding the header again.
     """
 
     def __init__(self, cfg: Config, model: DecoderModel, source: Source, publisher=None, *,
@@ -167,7 +220,7 @@ class Daemon:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latency = LatencyLog()
         self._in: queue.Queue = queue.Queue(maxsize=cfg.stream.ingest_queue)
-        self._out: queue.Queue = queue.Queue(maxsize=cfg.stream.publish_queue)
+        self._out = OutputQueue(cfg.stream.publish_queue)
         self._runs: dict[str, _RunState] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -176,6 +229,7 @@ class Daemon:
         self.t_start = time.time()
         self._old_switch: float | None = None
         self._blas_limit = None
+        self._gc_frozen = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -188,6 +242,12 @@ class Daemon:
             from threadpoolctl import threadpool_limits
 
             self._blas_limit = threadpool_limits(self.cfg.stream.blas_threads, user_api="blas")
+        # What exists before the session (modules, the model, the caption bank) is frozen out
+        # of the cyclic GC, so a collection during the session walks only the session's own
+        # young objects: no multi-millisecond pause on a TR's path.
+        gc.collect()
+        gc.freeze()
+        self._gc_frozen = True
         stages = [("ingest", self._ingest), ("decode", self._decode_loop),
                   ("publish", self._publish_loop), ("status", self._status_loop)]
         if self.renderer is not None:
@@ -228,6 +288,9 @@ class Daemon:
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
+        if self._gc_frozen:
+            gc.unfreeze()
+            self._gc_frozen = False
         if self.journal is not None:
             self.journal.write({"kind": "summary", **status})
             self.journal.close()
@@ -357,49 +420,60 @@ class Daemon:
         else:
             self._out.put(_STOP)
 
-    def _window(self, st: _RunState, clip_tr: int) -> tuple[np.ndarray, int] | None:
-        """The decoder input for a clip from the volumes of its window received so far."""
+    def _window_trs(self, st: _RunState, clip_tr: int) -> list[int]:
+        """The volumes of a clip's window received so far (none for a TR that starts no
+        clip)."""
         if clip_tr < 0 or clip_tr % self.stride:
-            return None
-        idx = [clip_tr + self.lag + w for w in range(self.width)]
-        have = [i for i in idx if i in st.buffer]
-        if not have:
-            return None
+            return []
+        start = clip_tr + self.lag
+        return [i for i in range(start, start + self.width) if i in st.buffer]
+
+    def _windows(self, st: _RunState, found: list[tuple[int, bool, list[int]]]) -> np.ndarray:
+        """The decoder inputs of ``found`` [(clip TR, final, window TRs)], one row each,
+        written straight into one fresh batch (its rows are handed on to the renderer)."""
+        buf = st.buffer
         if self.cfg.window.reduce == "mean":
-            x = st.buffer[have[0]].copy()
-            for i in have[1:]:
-                x += st.buffer[i]
-            if len(have) > 1:
-                x *= np.float32(1.0 / len(have))
+            batch = np.empty((len(found), self.n_voxels), np.float32)
+            for row, (_, _, have) in zip(batch, found):
+                np.copyto(row, buf[have[0]])
+                for i in have[1:]:
+                    row += buf[i]
+                if len(have) > 1:
+                    row *= np.float32(1.0 / len(have))
         else:  # concat: volumes still to come count as zeros (the z-scored mean)
-            zero = np.zeros_like(st.buffer[have[0]])
-            x = reduce_window(np.stack([st.buffer.get(i, zero) for i in idx]), self.cfg.window)
+            batch = np.zeros((len(found), self.width, self.n_voxels), np.float32)
+            for rows, (clip_tr, _, have) in zip(batch, found):
+                for i in have:
+                    rows[i - clip_tr - self.lag] = buf[i]
+            batch = reduce_window(batch, self.cfg.window)
         if self.model.voxels is not None:
-            x = x[self.model.voxels]
-        return x, len(have)
+            batch = batch[:, self.model.voxels]
+        return batch
 
     def _emit_clips(self, session: str, st: _RunState, clips: list[tuple[int, bool]],
                     t_recv: float, trigger: int) -> None:
         """Decode the windows of ``clips`` [(clip TR, final)] in one batch and queue the
         captions (then their semantics)."""
-        rows, meta = [], []
         t0 = time.perf_counter()
+        found = []
         for clip_tr, final in clips:
-            w = self._window(st, clip_tr)
-            if w is not None:
-                rows.append(w[0])
-                meta.append((clip_tr, final, w[1]))
-        if not rows:
+            have = self._window_trs(st, clip_tr)
+            if have:
+                found.append((clip_tr, final, have))
+        if not found:
             return
-        pred = self.model.engine.decode(np.stack(rows).astype(np.float32, copy=False))
+        batch = self._windows(st, found)
+        pred = self.model.engine.decode(batch)
         best = self.model.bank.nearest(pred)
         t1 = time.perf_counter()
         ms = (t1 - t0) * 1e3
         self.latency.add("decode", ms)
         tr = self.tr
-        for (clip_tr, final, n), ((cap, score),) in zip(meta, best):
-            self._count("captions")
-            self._count("finals", int(final))
+        with self._lock:
+            self.counters["captions"] += len(found)
+            self.counters["finals"] += sum(1 for _, final, _ in found if final)
+        for (clip_tr, final, have), ((cap, score),) in zip(found, best):
+            n = len(have)
             self._queue_out("caption", {
                 "session": session, "tr_index": int(clip_tr), "final": bool(final),
                 "t_clip": round(clip_tr * tr, 3), "text": caption_text(cap),
@@ -408,7 +482,8 @@ class Daemon:
                 "bridged": bool(final and n < self.width), "trigger_tr": int(trigger),
                 "decode_ms": round(ms, 3), "latency_ms": round((t1 - t_recv) * 1e3, 3)},
                 t_recv=t_recv)
-        for (clip_tr, final, n), p, x in zip(meta, pred, rows):
+        for (clip_tr, final, have), p, x in zip(found, pred, batch):
+            n = len(have)
             if final and self.renderer is not None:
                 # Single-target engines (ridge) carry the same vector at all three levels.
                 self._render_slot.put((Semantics(clip_tr, p, p, p, n_volumes=n, final=True,
@@ -417,7 +492,7 @@ class Daemon:
             self._queue_out("semantics", {
                 "session": session, "tr_index": int(clip_tr), "final": bool(final),
                 "n_volumes": n, "dtype": "float32", "shape": [int(p.shape[0])]},
-                p.astype(np.float32).tobytes())
+                p.astype(np.float32, copy=False).tobytes())
 
     def _queue_out(self, topic: str, header: dict, *buffers, t_recv: float | None = None):
         try:
@@ -437,10 +512,12 @@ class Daemon:
             header = {"v": 1, **header, "t_emit": time.time()}
             if self.publisher is not None and self._wanted(topic):
                 self.publisher.publish(topic, header, *buffers)
+            sent = None  # the caption's JSON as the LSL outlet sent it: the journal reuses it
             if topic == "caption" and self.caption_outlet is not None:
-                self.caption_outlet.push(header)
+                sent = self.caption_outlet.push(header)
             if self.journal is not None and topic != "semantics":
-                self.journal.output(topic, header)
+                self.journal.output(topic, header,
+                                    sent if isinstance(sent, str) else None)
             t1 = time.perf_counter()
             self.latency.add("publish", (t1 - t0) * 1e3)
             if t_recv is not None:

@@ -27,7 +27,9 @@ class Journal:
         self.write({"kind": "open", "t": time.time()})
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n"
+        self._append(_ENCODER.encode(record) + "\n")
+
+    def _append(self, line: str) -> None:
         with self._lock:
             if self._fh.closed:
                 return
@@ -41,8 +43,16 @@ class Journal:
             rec["reason"] = reason
         self.write(rec)
 
-    def output(self, topic: str, header: dict) -> None:
-        self.write({"kind": "output", "topic": topic, "header": header})
+    def output(self, topic: str, header: dict, header_json: str | None = None) -> None:
+        """Journal a published output. ``header_json``, when given, must be ``header`` as
+        this journal encodes it (compact separators, ASCII, e.g. what
+        :meth:`~rtdecode.transport.lsl.LslCaptionOutlet.push` sent): it is used as it is
+        rather than encoding the header a second time."""
+        if header_json is None:
+            self.write({"kind": "output", "topic": topic, "header": header})
+        else:
+            self._append(f'{{"kind":"output","topic":{_ENCODER.encode(topic)},'
+                         f'"header":{header_json}}}\n')
 
     def close(self) -> None:
         self.write({"kind": "close", "t": time.time()})
@@ -68,6 +78,10 @@ def _jsonable(obj):
     except ImportError:  # pragma: no cover
         pass
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# Built once (json.dumps with options builds an encoder per call; a journal writes per TR).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_jsonable)
 
 
 def read_journal(path: str | Path) -> tuple[list[dict], int]:

@@ -52,6 +52,7 @@ class OnlinePreprocessor:
         self._resid = np.empty(V, np.float32)
         self._delta = np.empty(V, np.float32)
         self._tmp = np.empty(V, np.float32)
+        self._varied = np.empty(V, bool)        # voxels whose std is > 0 yet
 
     @property
     def ready(self) -> bool:
@@ -79,17 +80,26 @@ class OnlinePreprocessor:
         np.subtract(resid, self._mean, out=delta)
         np.multiply(delta, np.float32(1.0 / self.t), out=tmp)
         self._mean += tmp
-        np.subtract(resid, self._mean, out=tmp)   # resid - new mean
-        tmp *= delta
-        self._m2 += tmp
         if self.t < 2:
-            return np.zeros(self.n_voxels, np.float32)
+            z = np.zeros(self.n_voxels, np.float32)
+            np.subtract(resid, self._mean, out=tmp)   # resid - new mean
+            tmp *= delta
+            self._m2 += tmp
+            return z
+        # z starts as resid - new mean: the same vector feeds the Welford update and the
+        # output, so it is computed once.
+        z = np.subtract(resid, self._mean)
+        np.multiply(z, delta, out=tmp)
+        self._m2 += tmp
         # z = (resid - mean) / sqrt(m2 / (t - 1)), 0 where the voxel has not varied yet.
         np.multiply(self._m2, np.float32(1.0 / (self.t - 1)), out=tmp)
         np.sqrt(tmp, out=tmp)
-        z = np.subtract(resid, self._mean)
-        np.divide(z, tmp, out=z, where=tmp > 1e-6)
-        z[tmp <= 1e-6] = 0.0
+        varied = np.greater(tmp, 1e-6, out=self._varied)
+        if varied.all():  # the usual case once every voxel has varied: no masked divide
+            np.divide(z, tmp, out=z)
+        else:
+            np.divide(z, tmp, out=z, where=varied)
+            z[tmp <= 1e-6] = 0.0
         np.clip(z, -self.cfg.clip_z, self.cfg.clip_z, out=z)
         return z
 

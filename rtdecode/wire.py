@@ -138,19 +138,22 @@ def _check_shape(header: dict, key: str, ndims: Sequence[int]) -> tuple[int, ...
     return tuple(val)
 
 
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+# Built once: json.dumps with options builds an encoder on every call (a header per message).
+_ENCODER = json.JSONEncoder(allow_nan=False, default=_json_default, separators=(",", ":"))
+
+
 def _dumps(header: dict) -> bytes:
     """JSON-encode a header; numpy scalars and arrays become plain JSON, NaN is refused."""
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
     try:
-        return json.dumps(header, allow_nan=False, default=default,
-                          separators=(",", ":")).encode("utf-8")
+        return _ENCODER.encode(header).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise InvalidMessage(f"header: cannot encode as JSON ({exc})") from exc
 
@@ -226,7 +229,12 @@ def encode_array(data: np.ndarray, *, tr_index: int, t_acq: float, session: str,
     if tr is not None:
         header["tr"] = float(tr)
     raw = _dumps(header)
-    parse_volume_header(json.loads(raw))  # refuse to send what a receiver would reject
+    # Refuse to send what a receiver would reject: a header of plain JSON types is checked
+    # as it is; others (numpy scalars) as they came out of the encoder.
+    try:
+        parse_volume_header(header)
+    except InvalidMessage:
+        parse_volume_header(json.loads(raw))
     return [VOLUME_TOPIC, raw, memoryview(data.reshape(-1)).cast("B")]
 
 
@@ -355,9 +363,16 @@ def encode_output(topic: str, header: dict, *buffers: Any) -> list[bytes | memor
     if header.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
         raise InvalidMessage(f"v: header says v={header['v']!r}, this encoder writes "
                              f"v={PROTOCOL_VERSION}")
-    raw = _dumps({**header, "v": PROTOCOL_VERSION})
-    parsed = json.loads(raw)
-    validate_output_header(topic, parsed)
+    parsed = {**header, "v": PROTOCOL_VERSION}
+    raw = _dumps(parsed)
+    try:
+        # A header of plain JSON types (the daemon's) is exactly what the wire carries, so it
+        # is validated as it is, without parsing the encoded bytes back.
+        validate_output_header(topic, parsed)
+    except InvalidMessage:
+        # Others (numpy scalars, tuples) are judged by what they became on the wire.
+        parsed = json.loads(raw)
+        validate_output_header(topic, parsed)
     views = []
     for b in buffers:
         if isinstance(b, np.ndarray) and not b.flags.c_contiguous:

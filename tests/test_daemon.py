@@ -254,3 +254,35 @@ def test_3d_volumes_are_masked(model_and_run):
         [h["text"] for h, _ in pubv.topic("caption")]
     no_mask = Daemon(Config(), model, ListSource(vols[:3]), ListPublisher()).run(timeout=60)
     assert no_mask["counters"]["malformed"] == 3
+
+
+def test_latency_log_keeps_the_last_samples_in_order():
+    from rtdecode.daemon import LatencyLog
+
+    log = LatencyLog(maxlen=5)
+    assert log.percentiles() == {} and log.samples()["decode"] == []
+    for v in range(1, 4):
+        log.add("decode", float(v))
+    assert log.samples()["decode"] == [1.0, 2.0, 3.0]
+    for v in range(4, 13):
+        log.add("decode", float(v))
+    assert log.samples()["decode"] == [8.0, 9.0, 10.0, 11.0, 12.0]
+    p = log.percentiles()["decode"]
+    kept = np.array([8.0, 9.0, 10.0, 11.0, 12.0])
+    assert p == {"p50_ms": round(float(np.percentile(kept, 50)), 3),
+                 "p99_ms": round(float(np.percentile(kept, 99)), 3), "n": 5}
+
+
+def test_output_queue_is_bounded_and_keeps_order():
+    import queue
+
+    from rtdecode.daemon import OutputQueue
+
+    q = OutputQueue(2)
+    q.put_nowait("a")
+    q.put_nowait("b")
+    with pytest.raises(queue.Full):
+        q.put_nowait("c")
+    q.put("end")  # the end-of-stream marker is never refused
+    assert q.qsize() == 3
+    assert [q.get() for _ in range(3)] == ["a", "b", "end"]

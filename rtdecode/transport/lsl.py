@@ -286,9 +286,13 @@ class LslVolumeSource:
         if not (math.isfinite(idx) and 0 <= idx < MAX_TR_INDEX and idx == int(idx)):
             raise InvalidMessage(f"tr_index channel: expected an integer in [0, 2**24), "
                                  f"got {idx!r}")
-        data = self._buf[0, 1:].copy().reshape(self.shape)  # the buffer is reused
-        return Volume(tr_index=int(idx), t_acq=timestamp, data=data, affine=self.affine,
-                      source=f"lsl:{self.name}", session=self.session)
+        data = self._buf[0, 1:].reshape(self.shape)
+        volume = Volume(tr_index=int(idx), t_acq=timestamp, data=data, affine=self.affine,
+                        source=f"lsl:{self.name}", session=self.session)
+        # The volume keeps this sample's buffer (no copy of its voxels); the next sample is
+        # pulled into a fresh one.
+        self._buf = np.empty_like(self._buf)
+        return volume
 
     def __iter__(self) -> Iterator[Volume]:
         if self._iterating:
