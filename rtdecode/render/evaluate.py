@@ -116,8 +116,8 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
     VAE), ``truth`` (rendered from true caption tokens and true latents), ``text_only`` (from
     true caption tokens alone: the UNet's own fidelity), ``motion_frames`` (MAD's decoded
     latents through the VAE decoder: CVR's stage 1 alone, no UNet), ``decoded`` (SAD + MAD
-    single-trial windows through all three stages, as live). ``unet_weights``: a snapshot file to load instead of the final
-    weights (the training curve)."""
+    single-trial windows through all three stages, as live). ``unet_weights``: a snapshot
+    file to load instead of the final weights (the training curve)."""
     from pathlib import Path
 
     from ..zoo.clip import load_toy_clip

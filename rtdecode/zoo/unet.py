@@ -167,10 +167,9 @@ def prepare_data(data_dir: str | Path, clip_path: str | Path, vae_path: str | Pa
                  cfg: ToyUNetConfig, cache_dir: str | Path | None = None,
                  progress: bool = True) -> RenderData:
     """Latents and conditions for a session's clips (cached in ``cache_dir`` if given)."""
+    from ..backends import file_sha256
     from .clip import load_stimuli, load_toy_clip
     from .vae import load_toy_vae
-
-    from ..backends import file_sha256
 
     frames, records = load_stimuli(data_dir)
     cache = Path(cache_dir) / "render_cache.npz" if cache_dir else None
