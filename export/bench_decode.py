@@ -76,10 +76,13 @@ def _model(preset: str, checkpoint: Path | None, voxels: int, seed: int):
 def bench_decode(presets: tuple[str, ...] = ("toy", "paper"), *,
                  checkpoint: Path | None = None, iters: dict[str, int] | None = None,
                  batch: int = 2, threads: int = 1, voxels: int = BENCH_VOXELS, seed: int = 0,
-                 say: Callable[[str], None] = print) -> dict:
+                 steps: int | None = None, say: Callable[[str], None] = print) -> dict:
+    """``steps``: Refineformer sampling steps baked into every graph (None: each model's
+    ``sample_steps``)."""
     import torch
 
     from rtdecode.backends import OnnxRuntimeEngine, TorchEngine
+    from rtdecode.models.sad import in_features
 
     from .specs import Built, sad_graph
     from .store import ExportRequest, export_built
@@ -90,8 +93,10 @@ def bench_decode(presets: tuple[str, ...] = ("toy", "paper"), *,
     result: dict = {}
     for preset in presets:
         model, subject, origin = _model(preset, checkpoint, voxels, seed)
-        n_vox = int(model.proj[subject].in_features)
-        graph, spec = sad_graph(model, subject, model.cfg.sample_steps, (1, batch, 32))
+        n_vox = in_features(model.proj[subject])  # a Linear, or low-rank: two of them
+        graph, spec = sad_graph(model, subject,
+                                model.cfg.sample_steps if steps is None else steps,
+                                (1, batch, 32))
         n_params = int(sum(p.numel() for p in model.parameters()))
         say(f"[{preset}] SAD {origin}: {n_params / 1e6:.1f} M parameters, {n_vox} voxels, "
             f"{graph.steps} Refineformer steps; exporting ...")

@@ -755,6 +755,9 @@ def bench_decode_cmd(
     threads: Annotated[int, typer.Option(help="Threads for every backend (1: fair on a "
                                               "2-core machine that runs other jobs).")] = 1,
     voxels: Annotated[int, typer.Option(help="Voxels of the random models.")] = 13447,
+    steps: Annotated[int | None, typer.Option(help="Refineformer sampling steps in every "
+                                                   "graph (default: each model's own).")
+                     ] = None,
 ) -> None:
     """Per-TR decode latency p50/p99: torch eager vs onnxruntime fp32 and int8, toy and paper
     SAD presets, with ratios and int8 accuracy."""
@@ -771,8 +774,10 @@ def bench_decode_cmd(
         _fail(f"{model}: not a SAD checkpoint (no sad.safetensors)")
     if batch < 1 or threads < 1 or iters < 1 or paper_iters < 1:
         _fail("batch, threads, iters and paper-iters must be >= 1")
+    if steps is not None and not 0 <= steps <= 64:
+        _fail(f"steps {steps}: want 0..64")
     result = bench_decode(names, checkpoint=model, iters={"toy": iters, "paper": paper_iters},
-                          batch=batch, threads=threads, voxels=voxels, say=say)
+                          batch=batch, threads=threads, voxels=voxels, steps=steps, say=say)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

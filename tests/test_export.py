@@ -566,8 +566,10 @@ def test_bench_decode_json_shape(monkeypatch):
     import export.bench_decode as bd
     from rtdecode.models import sad
 
-    monkeypatch.setitem(sad.PRESETS, "toy", dict(TINY_SAD, sample_steps=1))
-    res = bd.bench_decode(("toy",), iters={"toy": 5}, voxels=40, say=lambda m: None)
+    # a low-rank subject projection, as the shipped SAD has; steps overridden to 0
+    monkeypatch.setitem(sad.PRESETS, "toy", dict(TINY_SAD, sample_steps=1, proj_rank=8))
+    res = bd.bench_decode(("toy",), iters={"toy": 5}, voxels=40, steps=0, say=lambda m: None)
+    assert res["toy"]["steps"] == 0 and res["toy"]["voxels"] == 40
     for k in ("torch", "onnxruntime", "onnxruntime_int8"):
         assert res["toy"][k]["p50_ms"] > 0 and res["toy"][k]["p99_ms"] >= res["toy"][k][
             "p50_ms"]
