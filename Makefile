@@ -61,7 +61,7 @@ zoo: venv
 	$(RT) train mad --data $(STUDY) --config configs/study.toml --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/mad --epochs 12
 	$(RT) train probe --data $(STUDY) --out runs/zoo/probe --steps 800
 	$(RT) train fusion --data $(STUDY) --clip runs/zoo/clip --out runs/zoo/fusion.json
-	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/unet --steps 1500 --threads 1
+	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/unet --steps 2600 --threads 1
 	$(RT) train motion --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --unet runs/zoo/unet --out runs/zoo/motion --steps 150
 	$(TRAIN_SAD) --levels motion,holistic --out runs/ablations/without_anchor
 	$(TRAIN_SAD) --levels anchor,holistic --out runs/ablations/without_motion
