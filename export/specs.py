@@ -310,11 +310,11 @@ def vae_decoder_graph(vae, batch: tuple[int, int, int] = (1, 4, 32)):
     graph = vae.decoder_graph().eval()
     c = vae.model.config
     C, h, w = vae.latent_shape
-    up = 2 ** (len(c.block_out_channels) - 1)
+    size = int(c.sample_size)
     spec = ExportSpec(
         kind="vae-decoder", subject=ANY_SUBJECT,
         inputs=(TensorSpec("latents", (DYNAMIC_BATCH, C, h, w)),),
-        outputs=(TensorSpec("frames", (DYNAMIC_BATCH, int(c.out_channels), h * up, w * up)),),
+        outputs=(TensorSpec("frames", (DYNAMIC_BATCH, int(c.out_channels), size, size)),),
         batch=tuple(batch),
         options={"scaling_factor": vae.scaling_factor, "unscale": "in graph",
                  "range": "[-1, 1] clamped", "latent_shape": [C, h, w],

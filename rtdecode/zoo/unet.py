@@ -168,17 +168,21 @@ def prepare_data(data_dir: str | Path, clip_path: str | Path, vae_path: str | Pa
                  progress: bool = True) -> RenderData:
     """Latents and conditions for a session's clips (cached in ``cache_dir`` if given)."""
     from ..backends import file_sha256
+    from . import clip as toy_clip
+    from . import vae as toy_vae
     from .clip import load_stimuli, load_toy_clip
     from .vae import load_toy_vae
 
     frames, records = load_stimuli(data_dir)
     cache = Path(cache_dir) / "render_cache.npz" if cache_dir else None
-    # the cache is valid only for the weights and conditioning layout it was computed with
-    key = json.dumps({"vae": file_sha256(Path(vae_path) / "vae.safetensors"),
-                      "clip": file_sha256(Path(clip_path) / "clip.safetensors"),
-                      "n_tokens": cfg.n_tokens, "levels": list(cfg.levels),
-                      "clips": len(records)}, sort_keys=True)
-    z = np.load(cache) if cache is not None and cache.exists() else None
+    z = key = None
+    if cache is not None:
+        # valid only for the weights and conditioning layout it was computed with
+        key = json.dumps({"vae": file_sha256(Path(vae_path) / toy_vae.WEIGHTS_FILE),
+                          "clip": file_sha256(Path(clip_path) / toy_clip.WEIGHTS_FILE),
+                          "n_tokens": cfg.n_tokens, "levels": list(cfg.levels),
+                          "clips": len(records)}, sort_keys=True)
+        z = np.load(cache) if cache.exists() else None
     if z is not None and "key" in z and str(z["key"]) == key:
         latents, cond = z["latents"], z["cond"]
     else:
