@@ -1304,7 +1304,8 @@ def train_sad_cmd(
     meta = {"clip": str(clip), "bold": "noise_free" if noise_free else "scan",
             "trained_on": {s.subject: provenance(s, cfg) for s in sessions}}
     summary = train_sad(windows, targets, sad_cfg, tcfg, out, meta)
-    typer.echo(f"saved {out}: best validation mse {summary['best_val_error']:.4f} after "
+    typer.echo(f"saved {out}: best validation error (1 - 50-way caption identification, "
+               f"+ mse / 1000) {summary['best_val_error']:.4f} after "
                f"{summary['epochs']} epochs, {summary['minutes']} min")
 
 

@@ -114,3 +114,52 @@ def test_mlp_baseline_has_no_refiner_and_trains():
     assert float(terms["refine"]) == 0.0
     terms["loss"].backward()
     assert m(torch.randn(2, 30), "s1", steps=4).shape == (2, 3, 5, 8)
+
+
+def test_crossfit_ridge_predicts_each_run_from_the_others():
+    from rtdecode.models.train import crossfit_ridge
+    from rtdecode.ridge import DualRidge
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 25)).astype(np.float32) + 0.5
+    Y = (X @ rng.normal(size=(25, 4)) + rng.normal(size=(60, 4)) + 2.0).astype(np.float32)
+    groups = np.repeat(np.arange(3), 20)
+    out = crossfit_ridge(X, Y, groups, 10.0)
+    for g in range(3):
+        m = groups == g
+        want = DualRidge(X[~m], [10.0]).predict(X[m], Y[~m], 10.0)
+        np.testing.assert_allclose(out[m], want, rtol=1e-4, atol=1e-4)
+
+
+def test_ridge_init_starts_as_the_ridge_decoder_and_stays_fixed(tmp_path):
+    """With proj_init="ridge" the untrained model decodes exactly as the ridge fitted on the
+    training windows (the rank covers its fitted space here); training feeds cross-fitted
+    ridge outputs for the training windows, the layer's own for validation; the layer is
+    never trained."""
+    from rtdecode.models.train import ridge_init
+    from rtdecode.ridge import DualRidge
+
+    data, targets = _data(np.random.default_rng(4))
+    cfg = tiny()
+    assert cfg.proj_init == "ridge"
+    model = SAD(cfg).eval()
+    Y = {d.label: torch.from_numpy(targets(d.clip_ids)) for d in data}
+    tr = [torch.from_numpy(np.flatnonzero(~d.val)) for d in data]
+    model.set_target_stats(torch.cat([Y[d.label][i] for d, i in zip(data, tr)]))
+    feats = ridge_init(model, data, Y, progress=False)
+    d, ix = data[0], tr[0].numpy()
+    first = model.proj["s1"][0]
+    with torch.no_grad():
+        own = first(torch.from_numpy(d.X))
+        est = model.estimate(model.encode(torch.from_numpy(d.X), "s1")).flatten(1)
+    assert torch.allclose(feats["s1"][d.val], own[d.val])
+    assert not torch.allclose(feats["s1"][ix], own[ix], atol=1e-2)  # cross-fitted
+    Z = model.standardize(Y["s1"][ix]).flatten(1).numpy()
+    dr = DualRidge(d.X[ix], cfg.ridge_alphas)
+    ridge = dr.predict(d.X, Z, dr.select_alpha(Z))
+    np.testing.assert_allclose(est.numpy(), ridge, rtol=1e-3, atol=1e-3)
+    # Training leaves the ridge layer as fitted.
+    train_sad(data, targets, cfg, TrainConfig(epochs=2, batch_size=16, threads=1),
+              tmp_path, progress=False)
+    trained, _ = load_checkpoint(tmp_path)
+    assert torch.equal(trained.proj["s1"][0].weight, first.weight)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data import Session
 from ..preprocess import select_voxels
-from ..ridge import build_windows
+from ..ridge import DualRidge, build_windows
 from .mad import MAD, MADConfig
 from .sad import SAD, SADConfig
 
@@ -52,6 +52,7 @@ class SubjectData:
     X: np.ndarray          # (n, voxels) float32
     clip_ids: np.ndarray
     val: np.ndarray        # bool (n,): validation windows
+    runs: np.ndarray | None = None  # (n,) run of each window (ridge_init's folds)
 
 
 def subject_windows(session: Session, cfg: Config, task: str = "train",
@@ -63,7 +64,7 @@ def subject_windows(session: Session, cfg: Config, task: str = "train",
                        noise_free=noise_free)
     n_runs = int(ws.runs.max()) + 1
     n_val = max(1, int(round(n_runs * val_fraction))) if val_fraction > 0 and n_runs > 1 else 0
-    return SubjectData(session.subject, ws.X, ws.clip_ids, ws.runs >= n_runs - n_val)
+    return SubjectData(session.subject, ws.X, ws.clip_ids, ws.runs >= n_runs - n_val, ws.runs)
 
 
 def _kind(model) -> str:
@@ -163,7 +164,12 @@ def train_decoder(build: Callable[[], SAD | MAD], data: list[SubjectData], targe
     Y = {d.label: _as_tensor(targets(d.clip_ids)) for d in data}
     if hasattr(model, "set_target_stats"):  # from the training windows only
         model.set_target_stats(torch.cat([Y[s][torch.from_numpy(ix)] for s, ix in tr.items()]))
-    Xt = {d.label: torch.from_numpy(d.X) for d in data}
+    projected = getattr(model, "ridge_rank", None) is not None
+    if projected:  # deterministic, so a resumed run recomputes the same inputs
+        Xt = ridge_init(model, data, Y, progress=progress)
+    else:
+        Xt = {d.label: torch.from_numpy(d.X) for d in data}
+    kw = {"projected": True} if projected else {}
     state_path = out / "train_state.pt"
     start_epoch, best, history = 0, math.inf, []
     if resume and state_path.is_file():
@@ -188,7 +194,7 @@ def train_decoder(build: Callable[[], SAD | MAD], data: list[SubjectData], targe
                 g["lr"] = lr_at(step)
             step += 1
             ti = torch.from_numpy(idx)
-            terms = model.losses(Xt[s][ti], s, _index(Y[s], ti))
+            terms = model.losses(Xt[s][ti], s, _index(Y[s], ti), **kw)
             opt.zero_grad()
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -196,7 +202,7 @@ def train_decoder(build: Callable[[], SAD | MAD], data: list[SubjectData], targe
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)
             bar.update(1)
-        val = evaluate_loss(model, Xt, Y, va)
+        val = evaluate_loss(model, Xt, Y, va, **kw)
         row = {"epoch": epoch + 1, **{f"train_{k}": round(v, 6) for k, v in sums.items()},
                "val_error": round(val, 6), "lr": opt.param_groups[0]["lr"],
                "minutes": round((time.perf_counter() - t0) / 60, 2)}
@@ -217,16 +223,90 @@ def train_decoder(build: Callable[[], SAD | MAD], data: list[SubjectData], targe
             "minutes": round((time.perf_counter() - t0) / 60, 2)}
 
 
+def crossfit_ridge(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, alpha: float
+                   ) -> np.ndarray:
+    """Each group's rows predicted by a ridge (intercept, ``alpha``) fitted on the other
+    groups' rows: out-of-sample predictions for every row, from one Gram matrix."""
+    K = (X @ X.T).astype(np.float64)
+    out = np.empty((len(X), Y.shape[1]), np.float64)
+    for g in np.unique(groups):
+        e, t = groups == g, groups != g
+        Ktt, Ket = K[np.ix_(t, t)], K[np.ix_(e, t)]
+        col, mean = Ktt.mean(axis=0), Ktt.mean()
+        # Inner products of inputs centred on the fitting rows' mean.
+        Kc = Ktt - col[:, None] - col[None, :] + mean
+        Kec = Ket - Ket.mean(axis=1, keepdims=True) - col[None, :] + mean
+        y_mean = Y[t].mean(axis=0)
+        Kc[np.diag_indices_from(Kc)] += alpha
+        out[e] = Kec @ np.linalg.solve(Kc, Y[t] - y_mean) + y_mean
+    return out.astype(np.float32)
+
+
 @torch.no_grad()
-def evaluate_loss(model: SAD | MAD, Xt: dict, Y: dict, idx: dict) -> float:
-    """Validation error (the model's ``val_error``: an MSE), window-weighted over subjects."""
+def ridge_init(model: SAD, data: list[SubjectData], Y: dict, folds: int = 5,
+               progress: bool = True) -> dict[str, torch.Tensor]:
+    """Fit SAD's ridge layer (``proj_init="ridge"``) on the training windows and return the
+    inputs training feeds it instead of voxels: the ridge outputs of every window, the
+    training windows' *cross-fitted* (a ridge that did not see the window's run), the rest
+    from the fitted layer.
+
+    Per subject, a ridge from voxels to the standardised targets (alpha by leave-one-out
+    from ``cfg.ridge_alphas``); the rank-``r`` principal directions ``V`` of its in-sample
+    predictions, pooled over subjects (shared, so the backbone sees one space); layer 0 of
+    the subject's projection = the ridge map onto ``V``, scaled to unit cross-fitted
+    variance; the head's ridge columns = ``V`` times that scale, its backbone columns and
+    bias zero: the untrained model is the reduced-rank ridge decoder. Folds are whole runs
+    when ``data`` has them (else ``folds`` contiguous blocks)."""
+    c, r = model.cfg, model.ridge_rank
+    fits, zin = {}, []
+    for d in tqdm(data, desc="ridge init", disable=not progress):
+        ix = np.flatnonzero(~d.val)
+        X = d.X[ix]
+        Z = model.standardize(Y[d.label][torch.from_numpy(ix)]).flatten(1).numpy()
+        dr = DualRidge(X, c.ridge_alphas)
+        alpha = dr.select_alpha(Z)
+        fits[d.label] = (ix, X, Z, dr, alpha)
+        pred = dr.predict(X, Z, alpha)
+        zin.append(pred - pred.mean(axis=0))
+    _, _, vt = np.linalg.svd(np.concatenate(zin), full_matrices=False)
+    V = np.zeros((zin[0].shape[1], r), np.float32)
+    V[:, :min(r, len(vt))] = vt[:r].T
+    cross, maps = {}, {}
+    for d in data:
+        ix, X, Z, dr, alpha = fits[d.label]
+        groups = d.runs[ix] if d.runs is not None else np.arange(len(ix)) * folds // len(ix)
+        cross[d.label] = crossfit_ridge(X, Z @ V, groups, alpha) if len(np.unique(groups)) > 1 \
+            else dr.predict(X, Z @ V, alpha)
+        maps[d.label] = dr.fit(Z @ V, alpha)
+    scale = np.concatenate(list(cross.values())).std(axis=0) + 1e-6
+    out = {}
+    for d in data:
+        first = model.proj[d.label][0]
+        first.weight.copy_(torch.from_numpy((maps[d.label].coef / scale).T))
+        first.bias.copy_(torch.from_numpy(maps[d.label].intercept / scale))
+        first.requires_grad_(False)
+        feats = first(torch.from_numpy(d.X))
+        ix = fits[d.label][0]
+        feats[torch.from_numpy(ix)] = torch.from_numpy(cross[d.label] / scale)
+        out[d.label] = feats.contiguous()
+    w = model.head.weight
+    w[:, :c.hidden] = 0.0
+    w[:, c.hidden:] = torch.from_numpy(V * scale)
+    model.head.bias.zero_()
+    return out
+
+
+@torch.no_grad()
+def evaluate_loss(model: SAD | MAD, Xt: dict, Y: dict, idx: dict, **kw) -> float:
+    """Validation error (the model's ``val_error``: MAD's latent MSE, SAD's 1 − caption
+    identification), window-weighted over subjects."""
     model.eval()
     errs, n = 0.0, 0
     for s, ix in idx.items():
         if len(ix) == 0:
             continue
         ti = torch.from_numpy(ix)
-        errs += model.val_error(Xt[s][ti], s, _index(Y[s], ti)) * len(ix)
+        errs += model.val_error(Xt[s][ti], s, _index(Y[s], ti), **kw) * len(ix)
         n += len(ix)
     return errs / n if n else math.nan
 
@@ -247,7 +327,7 @@ def _write_curve(out: Path, history: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(5, 3))
     key = "train_mse" if "train_mse" in history[0] else "train_l1"
     ax.plot(ep, [h[key] for h in history], label=key.replace("_", " "))
-    ax.plot(ep, [h["val_error"] for h in history], label="val mse")
+    ax.plot(ep, [h["val_error"] for h in history], label="val error")
     ax.set_xlabel("epoch")
     ax.legend()
     fig.tight_layout()
