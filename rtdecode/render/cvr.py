@@ -2,7 +2,9 @@
 
 Three numbered stages, as in SemVideo:
 
-1. **Motion frames**: VAE-decode MAD's per-frame latents into blurry motion frames.
+1. **Motion frames**: VAE-decode MAD's per-frame latents into blurry motion frames. Stages 2
+   and 3 work on the latents themselves, so the frames are decoded on first access
+   (:class:`MotionFrames`): the live path never reads them and does not pay for them.
 2. **Anchor frame**: text-to-image img2img from the first motion frame's latent, conditioned on
    the decoded semantics as prompt embeddings: a sharp keyframe.
 3. **Video**: video-to-video with an AnimateDiff-style motion module (diffusers
@@ -70,15 +72,42 @@ class CVRSettings:
 NEUROCLIPS = CVRSettings(steps=25, scheduler="ddim", guidance=8.5)
 
 
+class MotionFrames:
+    """Stage 1: MAD's latents through the VAE decoder, decoded once, on first :meth:`get`.
+
+    Nothing in stages 2 and 3 reads the frames (they start from the latents), so a render
+    that never looks at them skips a VAE decode of every frame."""
+
+    def __init__(self, vae, latents: np.ndarray):
+        self._vae, self._latents = vae, latents
+        self._frames: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        if self._frames is None:
+            self._frames = self._vae.decode(self._latents)
+            self._vae = self._latents = None
+        return self._frames
+
+
+def _frames_of(motion: MotionFrames | np.ndarray | None) -> np.ndarray | None:
+    return motion.get() if isinstance(motion, MotionFrames) else motion
+
+
 @dataclass
 class RenderOutput:
-    """One rendered clip and its intermediate stages."""
+    """One rendered clip and its intermediate stages. ``motion_frames`` (stage 1) are decoded
+    when first read; their decode is not in ``seconds``."""
 
     frames: np.ndarray          # (T, H, W, 3) uint8: the clip
-    motion_frames: np.ndarray   # (T, H, W, 3) uint8: stage 1
+    _motion: MotionFrames | np.ndarray  # stage 1, see motion_frames
     anchor_frame: np.ndarray    # (H, W, 3) uint8: stage 2
     seconds: dict[str, float]   # wall time per stage and in total
     unet_evals: int             # UNet forward passes (a batch counts once)
+
+    @property
+    def motion_frames(self) -> np.ndarray:
+        """(T, H, W, 3) uint8: stage 1, the motion latents decoded (on first access)."""
+        return _frames_of(self._motion)
 
 
 @dataclass
@@ -88,10 +117,15 @@ class Anchor:
     frame: np.ndarray                   # (H, W, 3) uint8: the anchor frame (keyframe)
     latent: torch.Tensor                # (1, C, h, w): its latent
     motion_latents: np.ndarray | None   # (T, C, h, w) MAD's latents it was rendered from
-    motion_frames: np.ndarray | None    # (T, H, W, 3) uint8: stage 1 (None without MAD)
+    _motion: MotionFrames | np.ndarray | None  # stage 1, see motion_frames
     seconds: dict[str, float]           # wall time of stages 1 and 2
     unet_evals: int
     rng_state: torch.Tensor             # the sampling generator after stage 2
+
+    @property
+    def motion_frames(self) -> np.ndarray | None:
+        """(T, H, W, 3) uint8: stage 1, decoded on first access (None without MAD)."""
+        return _frames_of(self._motion)
 
 
 def make_scheduler(name: str, schedule: dict[str, Any]):
@@ -280,16 +314,16 @@ class CVR:
     # ---------------------------------------------------------------------------- stages
     def _stages_1_2(self, c2: torch.Tensor, z_motion: np.ndarray | None,
                     first_frame: np.ndarray | None, gen: torch.Generator,
-                    motion_frames: np.ndarray | None = None) -> Anchor:
+                    motion_frames: MotionFrames | np.ndarray | None = None) -> Anchor:
         """Stage 1 (unless ``motion_frames`` are given) and stage 2, or the first frame's
         latent in place of stage 2."""
         s = self.settings
         secs: dict[str, float] = {}
         evals = 0
-        # 1. motion frames
+        # 1. motion frames: decoded when first read (stages 2 and 3 use the latents)
         t0 = time.perf_counter()
         if z_motion is not None and motion_frames is None:
-            motion_frames = self.vae.decode(z_motion)
+            motion_frames = MotionFrames(self.vae, z_motion)
         secs["motion"] = time.perf_counter() - t0
 
         # 2. anchor frame (img2img from the first motion latent), or fusion's tail frame
@@ -316,9 +350,9 @@ class CVR:
         return Anchor(frame, latent, z_motion, motion_frames, secs, evals, gen.get_state())
 
     def _stage_3(self, c3: torch.Tensor, zm: torch.Tensor, anchor: torch.Tensor,
-                 gen: torch.Generator) -> tuple[np.ndarray, int]:
+                 gen: torch.Generator, first: np.ndarray) -> tuple[np.ndarray, int]:
         """Video-to-video from the motion latents ``zm`` (T, C, h, w), frame 0 tied to the
-        anchor latent."""
+        anchor latent; with the tie, frame 0 of the clip is ``first`` (not decoded again)."""
         s = self.settings
         n_frames = len(zm)
         sched = make_scheduler(s.scheduler, self.schedule)
@@ -339,9 +373,15 @@ class CVR:
                 eps = self._eps(self.unet, zin, t, c3.expand(len(zin), -1, -1), None)
             z = sched.step(eps, t, z).prev_sample
             evals += 1
-        if s.tie_first_frame:
-            z[:1] = anchor
-        return self.vae.decode(z.numpy()), evals
+        if not s.tie_first_frame:
+            return self.vae.decode(z.numpy()), evals
+        # frame 0 is bit-exact ``first`` (fusion's tail frame, not its VAE round trip, or the
+        # anchor frame): decode only the others
+        out = np.empty((n_frames, *first.shape), np.uint8)
+        out[0] = first
+        if n_frames > 1:
+            out[1:] = self.vae.decode(z[1:].numpy())
+        return out, evals
 
     # ---------------------------------------------------------------------------- calls
     @torch.no_grad()
@@ -393,21 +433,17 @@ class CVR:
                     a = anchor
                     gen.set_state(anchor.rng_state)  # stage 3 draws what one call would
                 else:
-                    a = self._stages_1_2(c2, z_motion, ff, gen, anchor.motion_frames)
+                    a = self._stages_1_2(c2, z_motion, ff, gen, anchor._motion)
                     a.seconds["motion"] = anchor.seconds["motion"]
                 if z_motion is None:
                     zm = a.latent.repeat(n_frames, 1, 1, 1)
                     motion_frames = np.repeat(a.frame[None], n_frames, axis=0)
                 else:
                     zm = torch.from_numpy(z_motion)
-                    motion_frames = a.motion_frames
+                    motion_frames = a._motion
                 t0 = time.perf_counter()
-                out, evals = self._stage_3(c3, zm, a.latent, gen)
-                if self.settings.tie_first_frame:
-                    # frame 0 is bit-exact: fusion's tail frame (not its VAE round trip), or
-                    # the anchor frame (batched decoding may differ from it in the last bit)
-                    out = np.array(out, copy=True)
-                    out[0] = ff if ff is not None else a.frame
+                out, evals = self._stage_3(c3, zm, a.latent, gen,
+                                           ff if ff is not None else a.frame)
                 secs = {**a.seconds, "video": time.perf_counter() - t0}
         secs["total"] = sum(secs.values())
         return RenderOutput(out, motion_frames, a.frame,
