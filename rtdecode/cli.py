@@ -1564,6 +1564,9 @@ def fidelity_cmd(
                                                         "frame is re-noised (0-1).")] = 0.8,
     video_strength: Annotated[float, typer.Option(help="Stage 3: how far the motion latents "
                                                        "are re-noised (0-1).")] = 0.6,
+    motion_module_fraction: Annotated[float, typer.Option(
+        help="Stage 3: share of its steps (the first ones) that run the motion module "
+             "(1 = every step).")] = 0.5,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
@@ -1593,7 +1596,8 @@ def fidelity_cmd(
             return
         conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
         settings = CVRSettings(steps=steps, guidance=guidance, anchor_strength=anchor_strength,
-                               video_strength=video_strength)
+                               video_strength=video_strength,
+                               motion_module_fraction=motion_module_fraction)
         result = fidelity_report(zoo, root, cfg, probe, n_clips=clips, conditions=conds,
                                  settings=settings, progress=not as_json)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:

@@ -236,3 +236,19 @@ def test_anchor_then_video_is_the_single_call(parts):
     chained = cvr(sem, anchor=a, first_frame=tail)
     np.testing.assert_array_equal(chained.frames[0], tail)
     np.testing.assert_array_equal(chained.motion_frames, one.motion_frames)
+
+
+def test_motion_module_in_the_first_video_steps(parts):
+    s = CVRSettings()
+    assert s.motion_module_steps(2) == 1 and s.motion_module_steps(1) == 1
+    assert CVRSettings(motion_module_fraction=0.3).motion_module_steps(10) == 3
+    assert NEUROCLIPS.motion_module_fraction == 1.0 and NEUROCLIPS.motion_module_steps(15) == 15
+    assert CVRSettings(use_motion_module=False).motion_module_steps(2) == 0
+    with pytest.raises(ValueError, match="motion_module_fraction"):
+        CVRSettings(motion_module_fraction=0.0)
+    cvr = make(parts)
+    sem, z = inputs()
+    half = cvr(sem, z).frames.astype(int)
+    every = cvr(sem, z, settings=CVRSettings(motion_module_fraction=1.0)).frames.astype(int)
+    none = cvr(sem, z, settings=CVRSettings(use_motion_module=False)).frames.astype(int)
+    assert np.abs(half - every).sum() > 0 and np.abs(half - none).sum() > 0
