@@ -797,6 +797,10 @@ def bench_render_cmd(
                                              "latents).")] = "decoded",
     steps: Annotated[int, typer.Option(help="Our scheduler steps.")] = 4,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    sequential: Annotated[bool, typer.Option(
+        "--sequential", help="Time all of ours, then all of NeuroClips' (default: they take "
+                             "turns clip by clip, so load from other work hits both alike)."
+    )] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
                       ] = None,
 ) -> None:
@@ -815,7 +819,8 @@ def bench_render_cmd(
         if data is None:
             _ensure_session(cfg, root)
         result = bench_render(zoo, root, cfg, n_clips=clips, inputs=inputs, threads=threads,
-                              settings=CVRSettings(steps=steps), progress=not as_json)
+                              settings=CVRSettings(steps=steps), progress=not as_json,
+                              interleave=not sequential)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -829,7 +834,8 @@ def bench_render_cmd(
         r = result[name]
         say(f"{name:11} {r['steps']:5d} {r['seconds_per_clip']:7.3f} {r['ssim']:6.3f} "
             f"{r['clip_pcc']:8.3f} {r['vifi']:6.3f}")
-    say(f"speed-up: {result['speedup']}x")
+    say(f"speed-up: {result['speedup']}x (medians: {result['speedup_p50']}x; "
+        f"{'interleaved' if result['interleaved'] else 'sequential'})")
 
 
 def _parse_batch(text: str) -> tuple[int, int, int]:
@@ -1565,6 +1571,9 @@ def fidelity_cmd(
                                                         "frame is re-noised (0-1).")] = 0.8,
     video_strength: Annotated[float, typer.Option(help="Stage 3: how far the motion latents "
                                                        "are re-noised (0-1).")] = 0.6,
+    motion_module_fraction: Annotated[float, typer.Option(
+        help="Stage 3: share of its steps (the first ones) that run the motion module "
+             "(1 = every step).")] = 0.5,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
@@ -1594,7 +1603,8 @@ def fidelity_cmd(
             return
         conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
         settings = CVRSettings(steps=steps, guidance=guidance, anchor_strength=anchor_strength,
-                               video_strength=video_strength)
+                               video_strength=video_strength,
+                               motion_module_fraction=motion_module_fraction)
         result = fidelity_report(zoo, root, cfg, probe, n_clips=clips, conditions=conds,
                                  settings=settings, progress=not as_json)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:

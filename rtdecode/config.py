@@ -188,6 +188,9 @@ class RenderConfig:
     guidance: float = param(1.0, ge=1.0, le=30.0, doc="classifier-free guidance (1 = off)")
     anchor_strength: float = param(0.8, gt=0.0, le=1.0, doc="stage 2 img2img strength")
     video_strength: float = param(0.6, gt=0.0, le=1.0, doc="stage 3 video-to-video strength")
+    motion_module_fraction: float = param(0.5, gt=0.0, le=1.0,
+                                          doc="stage 3: share of its steps (the first ones) "
+                                              "that run the motion module (1 = every step)")
     fusion: bool = param(True, doc="multi-fMRI fusion: chain clips of one scene")
     fusion_threshold: float = param(-1.0, ge=-1.0, le=1.0,
                                     doc="keyframe similarity to chain (-1 = the zoo's "

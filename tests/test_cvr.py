@@ -210,3 +210,45 @@ def test_render_cache_is_recomputed_for_other_weights(tiny_zoo, small_session, t
     changed = prepare_data(small_session, tiny_zoo / "clip", other, cfg,
                            cache_dir=tmp_path / "cache", progress=False)
     assert not np.allclose(changed.latents, first.latents)
+
+
+def test_motion_frames_decoded_on_first_read(parts):
+    """Stage 1 is not paid for in the render; reading motion_frames decodes MAD's latents."""
+    cvr = make(parts)
+    sem, z = inputs()
+    out = cvr(sem, z)
+    assert out._motion.__class__.__name__ == "MotionFrames"
+    np.testing.assert_array_equal(out.motion_frames, cvr.vae.decode(z))
+    assert out.motion_frames is out.motion_frames  # decoded once
+
+
+def test_anchor_then_video_is_the_single_call(parts):
+    cvr = make(parts)
+    sem, z = inputs()
+    one = cvr(sem, z)
+    a = cvr.anchor(sem, z)
+    two = cvr(sem, settings=None, anchor=a)
+    np.testing.assert_array_equal(one.frames, two.frames)
+    np.testing.assert_array_equal(one.anchor_frame, a.frame)
+    np.testing.assert_array_equal(two.motion_frames, one.motion_frames)
+    # a chained clip (fusion's tail frame) from the same anchor: motion frames carried over
+    tail = np.full((64, 64, 3), 90, np.uint8)
+    chained = cvr(sem, anchor=a, first_frame=tail)
+    np.testing.assert_array_equal(chained.frames[0], tail)
+    np.testing.assert_array_equal(chained.motion_frames, one.motion_frames)
+
+
+def test_motion_module_in_the_first_video_steps(parts):
+    s = CVRSettings()
+    assert s.motion_module_steps(2) == 1 and s.motion_module_steps(1) == 1
+    assert CVRSettings(motion_module_fraction=0.3).motion_module_steps(10) == 3
+    assert NEUROCLIPS.motion_module_fraction == 1.0 and NEUROCLIPS.motion_module_steps(15) == 15
+    assert CVRSettings(use_motion_module=False).motion_module_steps(2) == 0
+    with pytest.raises(ValueError, match="motion_module_fraction"):
+        CVRSettings(motion_module_fraction=0.0)
+    cvr = make(parts)
+    sem, z = inputs()
+    half = cvr(sem, z).frames.astype(int)
+    every = cvr(sem, z, settings=CVRSettings(motion_module_fraction=1.0)).frames.astype(int)
+    none = cvr(sem, z, settings=CVRSettings(use_motion_module=False)).frames.astype(int)
+    assert np.abs(half - every).sum() > 0 and np.abs(half - none).sum() > 0

@@ -32,6 +32,16 @@ def test_bench_render_json_shape(small_session, tiny_zoo):
     # 25 DDIM steps at the same strengths run many more UNet passes than 4 steps
     assert out["neuroclips"]["unet_evals_per_clip"] > 5 * out["ours"]["unet_evals_per_clip"]
     assert out["inputs"] == "decoded/single_trial" and out["clips"] == 2
+    assert out["interleaved"] and out["speedup_p50"] > 0
+    assert out["ours"]["motion_module_fraction"] == 0.5
+    assert out["neuroclips"]["motion_module_fraction"] == 1.0
+    # taking turns clip by clip renders the same clips as one setting after the other
+    seq = run("bench", "render", "--zoo", str(tiny_zoo), "--data", str(small_session),
+              "--clips", "2", "--sequential")
+    assert not seq["interleaved"]
+    for name in ("ours", "neuroclips"):
+        for k in ("ssim", "clip_pcc", "vifi", "unet_evals_per_clip"):
+            assert seq[name][k] == out[name][k]
 
 
 def test_render_writes_the_side_by_side_video(small_session, tiny_zoo, tmp_path):
