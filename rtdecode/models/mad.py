@@ -33,7 +33,7 @@ from .sad import subject_projection
 class MADConfig:
     subjects: dict[str, int] = field(default_factory=dict)  # label -> voxel count
     hidden: int = 256
-    proj_rank: int | None = 128   # low-rank subject projection (None: full n_voxels x hidden)
+    proj_rank: int | None = 64    # low-rank subject projection (None: full n_voxels x hidden)
     embed_layers: int = 2
     dropout: float = 0.15
     n_frames: int = 8

@@ -68,11 +68,11 @@ class SADConfig:
 
 
 PRESETS = {
-    # Small enough to ship (fp16, a few MB): a rank-128 ridge layer into 256 wide. Decodes
-    # with the backbone estimate (0 Refineformer steps): on the study session every step
-    # count measured lower (`rtdecode eval --steps-sweep`); the Refineformer still trains,
-    # and its loss shapes the shared backbone.
-    "toy": dict(hidden=256, proj_rank=128, mlp_layers=4, n_tokens=16, token_dim=64,
+    # Small enough to ship (fp16, a few MB): a rank-64 ridge layer into 256 wide (rank 128
+    # decoded as well single-trial on the study session, 2.5 MB larger). Decodes with the
+    # backbone estimate (0 Refineformer steps): every step count measured lower (`rtdecode
+    # eval --steps-sweep`); the Refineformer still trains, its loss shaping the backbone.
+    "toy": dict(hidden=256, proj_rank=64, mlp_layers=4, n_tokens=16, token_dim=64,
                 refine_width=128, refine_layers=2, refine_heads=4, proj_init="ridge",
                 refine_skip=True, sample_steps=0),
     # The paper's sizes: 3 x 77 x 768 targets, a wide backbone. Runs on CPU, slowly.
