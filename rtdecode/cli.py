@@ -1567,6 +1567,8 @@ def fidelity_cmd(
                                                     "curve.csv and curve.png there).")] = None,
     steps: Annotated[int, typer.Option(help="Scheduler steps.")] = 4,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance (1 = off).")] = 1.0,
+    anchor_guidance: Annotated[float | None, typer.Option(
+        help="Stage 2's own guidance (default: --guidance).")] = None,
     anchor_strength: Annotated[float, typer.Option(help="Stage 2: how far the first motion "
                                                         "frame is re-noised (0-1).")] = 0.8,
     video_strength: Annotated[float, typer.Option(help="Stage 3: how far the motion latents "
@@ -1602,8 +1604,8 @@ def fidelity_cmd(
                        f"({len(rows)} snapshots)")
             return
         conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
-        settings = CVRSettings(steps=steps, guidance=guidance, anchor_strength=anchor_strength,
-                               video_strength=video_strength,
+        settings = CVRSettings(steps=steps, guidance=guidance, anchor_guidance=anchor_guidance,
+                               anchor_strength=anchor_strength, video_strength=video_strength,
                                motion_module_fraction=motion_module_fraction)
         result = fidelity_report(zoo, root, cfg, probe, n_clips=clips, conditions=conds,
                                  settings=settings, progress=not as_json)

@@ -186,6 +186,9 @@ class RenderConfig:
     scheduler: str = param("dpm", choices=("dpm", "ddim", "euler"),
                            doc="DPM-Solver++, DDIM or Euler")
     guidance: float = param(1.0, ge=1.0, le=30.0, doc="classifier-free guidance (1 = off)")
+    anchor_guidance: float = param(0.0, ge=0.0, le=30.0,
+                                   doc="stage 2's own guidance (0 = guidance's): on the toy "
+                                       "zoo 4 lifts decoded colour, costs some position")
     anchor_strength: float = param(0.8, gt=0.0, le=1.0, doc="stage 2 img2img strength")
     video_strength: float = param(0.6, gt=0.0, le=1.0, doc="stage 3 video-to-video strength")
     motion_module_fraction: float = param(0.5, gt=0.0, le=1.0,

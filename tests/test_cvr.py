@@ -252,3 +252,20 @@ def test_motion_module_in_the_first_video_steps(parts):
     every = cvr(sem, z, settings=CVRSettings(motion_module_fraction=1.0)).frames.astype(int)
     none = cvr(sem, z, settings=CVRSettings(use_motion_module=False)).frames.astype(int)
     assert np.abs(half - every).sum() > 0 and np.abs(half - none).sum() > 0
+
+
+def test_anchor_guidance_guides_stage_2_only(parts):
+    """anchor_guidance: stage 2 guided (its anchor frame changes), stage 3 as unguided —
+    the same video as a fully unguided render given that anchor."""
+    cvr = make(parts)
+    sem, z = inputs()
+    plain = CVRSettings()
+    ag = CVRSettings(anchor_guidance=4.0)
+    a_plain = cvr.anchor(sem, z, settings=plain)
+    a_ag = cvr.anchor(sem, z, settings=ag)
+    assert not np.array_equal(a_plain.frame, a_ag.frame)
+    guided = cvr(sem, z, settings=ag, anchor=a_ag)
+    unguided_video = cvr(sem, z, settings=plain, anchor=a_ag)
+    np.testing.assert_array_equal(guided.frames, unguided_video.frames)
+    with pytest.raises(ValueError, match="anchor_guidance"):
+        CVRSettings(anchor_guidance=0.5)

@@ -57,6 +57,7 @@ class CVRSettings:
     steps: int = 4
     scheduler: str = "dpm"
     guidance: float = 1.0          # classifier-free guidance scale; 1 = off (one UNet pass)
+    anchor_guidance: float | None = None  # stage 2's own scale (None: ``guidance``)
     anchor_strength: float = 0.8   # stage 2: how far the first motion frame is re-noised
     video_strength: float = 0.6    # stage 3: how far the motion latents are re-noised
     tie_first_frame: bool = True
@@ -69,8 +70,10 @@ class CVRSettings:
             raise ValueError(f"scheduler {self.scheduler!r}: want one of {SCHEDULERS}")
         if not 1 <= self.steps <= 1000:
             raise ValueError(f"steps {self.steps}: want 1..1000")
-        if self.guidance < 1.0:
-            raise ValueError(f"guidance {self.guidance}: want >= 1 (1 = no guidance)")
+        for name in ("guidance", "anchor_guidance"):
+            v = getattr(self, name)
+            if v is not None and v < 1.0:
+                raise ValueError(f"{name} {v}: want >= 1 (1 = no guidance)")
         for name in ("anchor_strength", "video_strength"):
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
@@ -210,6 +213,7 @@ class CVR:
     def from_config(cls, rc, default_zoo: str | Path) -> CVR:
         """The renderer a config's ``[render]`` section names (:class:`RenderConfig`)."""
         settings = CVRSettings(steps=rc.steps, scheduler=rc.scheduler, guidance=rc.guidance,
+                               anchor_guidance=rc.anchor_guidance or None,
                                anchor_strength=rc.anchor_strength,
                                video_strength=rc.video_strength,
                                motion_module_fraction=rc.motion_module_fraction)
@@ -289,10 +293,11 @@ class CVR:
             sched.set_begin_index(start * sched.order)
         return ts, n
 
-    def _eps(self, model, z: torch.Tensor, t, cond: torch.Tensor, frames: int | None
-             ) -> torch.Tensor:
-        """Noise prediction (with classifier-free guidance when ``guidance`` > 1)."""
-        g = self.settings.guidance
+    def _eps(self, model, z: torch.Tensor, t, cond: torch.Tensor, frames: int | None,
+             guidance: float | None = None) -> torch.Tensor:
+        """Noise prediction (with classifier-free guidance when the scale — ``guidance``,
+        else the settings' — is > 1)."""
+        g = self.settings.guidance if guidance is None else guidance
         if frames is not None:  # UNetMotionModel: one condition per frame
             cond = cond.repeat_interleave(frames, dim=0)
         if g == 1.0:
@@ -364,7 +369,8 @@ class CVR:
                 z = noise * sched.init_noise_sigma
             for t in ts:
                 zin = sched.scale_model_input(z, t)
-                z = sched.step(self._eps(self.unet, zin, t, c2, None), t, z).prev_sample
+                z = sched.step(self._eps(self.unet, zin, t, c2, None, s.anchor_guidance), t,
+                               z).prev_sample
                 evals += 1
             latent = z
         frame = self.vae.decode(latent.numpy())[0]
