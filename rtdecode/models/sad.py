@@ -6,15 +6,6 @@ fMRI window ``(batch, n_voxels_s)`` of subject *s* →
 2. a shared residual MLP (``mlp_layers`` blocks) — the *backbone*;
 3. a linear head giving a first estimate of the three target token sequences (anchor,
    motion, holistic; each ``(n_tokens, token_dim)`` in the text-embedding space);
-
-With ``proj_init="ridge"`` (the toy preset) the projection's first layer is a reduced-rank
-ridge map, fitted in closed form before training (:func:`rtdecode.models.train.ridge_init`)
-and then kept fixed: its ``rank`` outputs are the ridge decoder's prediction in the leading
-principal directions of the targets. The head reads them beside the backbone's features,
-starting as exactly that ridge prediction, and the network learns the nonlinear correction
-on *cross-fitted* ridge outputs (each training run's from a ridge that did not see it), so
-it learns on inputs as noisy as the test's. A 13,447 × 128 projection trained end to end
-on 3,360 windows overfits; ridge's shrinkage is the right estimator for that matrix.
 4. the **Refineformer**: a causal transformer denoiser trained with a diffusion objective
    (predict the clean tokens from noised ones, conditioned on the backbone), sampled in a
    configurable small number of DDIM-style steps starting from the backbone estimate plus
@@ -24,6 +15,15 @@ Loss: ``lambda_refine * L_refine + lambda_softclip * L_SoftCLIP + L_MSE`` — th
 reconstruction error, a soft-label contrastive loss between the pooled decoded and target
 tokens (soft labels from target–target similarity, so near-identical captions are not
 pushed apart), and the backbone estimate's mean squared error.
+
+With ``proj_init="ridge"`` (the toy preset) the projection's first layer is a reduced-rank
+ridge map, fitted in closed form before training (:func:`rtdecode.models.train.ridge_init`)
+and then kept fixed: its ``rank`` outputs are the ridge decoder's prediction in the leading
+principal directions of the targets. The head reads them beside the backbone's features,
+starting as exactly that ridge prediction, and the network learns the nonlinear correction
+on *cross-fitted* ridge outputs (each training run's from a ridge that did not see it), so
+it learns on inputs as noisy as the test's. A 13,447 × 128 projection trained end to end
+on 3,360 windows overfits; ridge's shrinkage is the right estimator for that matrix.
 """
 
 from __future__ import annotations
@@ -123,6 +123,12 @@ class ResidualBlock(nn.Module):
         return x + self.drop(F.gelu(self.fc(self.norm(x))))
 
 
+def alpha_bar_schedule(steps: int) -> torch.Tensor:
+    """The Refineformer's noise schedule: cumulative alpha of linear betas 1e-4 .. 0.02."""
+    betas = torch.linspace(1e-4, 0.02, steps, device="cpu")
+    return torch.cumprod(1 - betas, 0)
+
+
 def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
@@ -152,8 +158,8 @@ class Refineformer(nn.Module):
         self.width = w
         self.skip = cfg.refine_skip
         if self.skip:  # the schedule's alpha_bar, to precondition the output
-            betas = torch.linspace(1e-4, 0.02, cfg.diffusion_steps, device="cpu")
-            self.register_buffer("alpha_bar", torch.cumprod(1 - betas, 0), persistent=False)
+            self.register_buffer("alpha_bar", alpha_bar_schedule(cfg.diffusion_steps),
+                                 persistent=False)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 level: torch.Tensor) -> torch.Tensor:
@@ -196,9 +202,8 @@ class SAD(nn.Module):
         shape = (len(cfg.levels), cfg.n_tokens, cfg.token_dim)
         self.register_buffer("target_mean", torch.zeros(shape))
         self.register_buffer("target_std", torch.ones(shape))
-        betas = torch.linspace(1e-4, 0.02, cfg.diffusion_steps, device="cpu")
-        alpha_bar = torch.cumprod(1 - betas, 0)
-        self._ab = alpha_bar.tolist()  # python floats for sampling (any device, even meta)
+        # python floats for sampling (any device, even meta)
+        self._ab = alpha_bar_schedule(cfg.diffusion_steps).tolist()
         self.register_buffer("alpha_bar", torch.tensor(self._ab), persistent=False)
 
     # ------------------------------------------------------------------ pieces
