@@ -1206,11 +1206,11 @@ def train_motion_cmd(
 def train_probe_cmd(
     data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/probe"),
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 3000,
     width: Annotated[int, typer.Option(help="Channels of the probe's first layer.")] = 16,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
 ) -> None:
-    """Train the attribute probe (a small CNN on a clip's first and last true frames) that
+    """Train the attribute probe (two small CNNs on a clip's true frames) that
     measures render fidelity: background, colour, shape, position, motion."""
     import numpy as np
     import torch

@@ -8,9 +8,11 @@ Two classifiers:
   Its ceiling is low for some groups — on the *true* test frames it names the shape only ~37 %
   and the position ~15 % of the time — so it cannot show ≥ 90 % for those whatever we render;
   the toy CLIP has no motion readout at all (a mean of frame embeddings has no direction).
-- **an attribute probe** trained by us on the training clips' true frames: a small CNN that sees
-  a clip's first and last frames (6 channels) and has one head per attribute. On true test
-  frames it is close to perfect, so on rendered frames it measures the renderer, not itself.
+- **an attribute probe** trained by us on the training clips' true frames
+  (:class:`AttributeProbe`): one conv stack reads single frames for what is shown
+  (background, colour, shape; averaged over the clip's frames), another reads the whole clip
+  for where things are and where they go (position, motion). On the true test frames it is
+  close to perfect, so on rendered frames it measures the renderer, not itself.
 
 Both report the fraction of clips whose attribute is classified as the simulator's ground truth.
 """
@@ -27,55 +29,93 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..simulator.stimuli import ATTRIBUTE_GROUPS
+from ..simulator.stimuli import ATTRIBUTE_GROUPS, POSITIONS
 
 ATTRIBUTES = ("background", "colour", "shape", "position", "motion")
 PROBE_FILE = "probe.safetensors"
-FORMAT = "rtdecode-attribute-probe/1"
+FORMAT = "rtdecode-attribute-probe/2"
 
 
 class AttributeProbe(nn.Module):
-    """First + last frame (6 × 64 × 64) → logits per attribute.
+    """A clip's frames ``(n, T, 3, H, W)`` → logits per attribute, from two conv stacks.
 
-    A conv stack to an 8 × 8 map; position and motion read the map flattened (where things
-    are), background, colour and shape read it pooled (what things are, wherever they are —
-    a flattened map alone memorises positions and never learns shapes from a few thousand
-    clips)."""
+    - **what** (background, colour, shape): one frame at a time, pooled (mean and max over
+      the map: what things are, wherever they are); a clip's logits are the mean over its
+      frames. Trained on single frames under the eight flips and quarter turns, which leave
+      these labels unchanged — every frame of every training clip is an example.
+    - **where** (position, motion): the clip's frames stacked as channels, the map flattened
+      (where things are, and where they go). Trained under horizontal and vertical flips,
+      with the position and motion labels flipped to match."""
 
-    SPATIAL = ("position", "motion")
+    WHAT = ("background", "colour", "shape")
+    WHERE = ("position", "motion")
 
-    def __init__(self, width: int = 16, image_size: int = 64):
+    def __init__(self, width: int = 16, image_size: int = 64, frames: int = 8):
         super().__init__()
         w = width
 
-        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout),
-                    nn.GELU()]
+        def stack(cin: int) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for a, b, stride in ((cin, w, 2), (w, 2 * w, 1), (2 * w, 2 * w, 2),
+                                 (2 * w, 4 * w, 1), (4 * w, 4 * w, 2)):       # to (4w, s/8, s/8)
+                layers += [nn.Conv2d(a, b, 3, stride=stride, padding=1), nn.BatchNorm2d(b),
+                           nn.GELU()]
+            return nn.Sequential(*layers)
 
-        self.body = nn.Sequential(*block(6, w, 2), *block(w, 2 * w, 1),
-                                  *block(2 * w, 2 * w, 2), *block(2 * w, 4 * w, 1),
-                                  *block(4 * w, 4 * w, 2))                    # (4w, s/8, s/8)
-        n_flat = 4 * w * (image_size // 8) ** 2
-        self.spatial = nn.Sequential(nn.Flatten(), nn.Linear(n_flat, 256), nn.GELU())
-        self.pooled = nn.Sequential(nn.Linear(8 * w, 256), nn.GELU())
+        self.what_body = stack(3)
+        self.what_neck = nn.Sequential(nn.Linear(8 * w, 256), nn.GELU())
+        self.where_body = stack(3 * frames)
+        self.where_neck = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * (image_size // 8) ** 2,
+                                                                256), nn.GELU())
         self.heads = nn.ModuleDict({a: nn.Linear(256, len(ATTRIBUTE_GROUPS[a]))
                                     for a in ATTRIBUTES})
-        self.width, self.image_size = width, image_size
+        self.width, self.image_size, self.frames = width, image_size, frames
+
+    def what(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Single frames ``(m, 3, H, W)`` → background, colour and shape logits."""
+        h = self.what_body(x)
+        h = self.what_neck(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
+        return {a: self.heads[a](h) for a in self.WHAT}
+
+    def where(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Clips ``(n, T, 3, H, W)`` → position and motion logits."""
+        h = self.where_neck(self.where_body(x.flatten(1, 2)))
+        return {a: self.heads[a](h) for a in self.WHERE}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.body(x)
-        sp = self.spatial(h)
-        po = self.pooled(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
-        return {a: head(sp if a in self.SPATIAL else po) for a, head in self.heads.items()}
+        n, t = x.shape[:2]
+        if t != self.frames:
+            raise ValueError(f"clips of {t} frames: this probe reads {self.frames}")
+        what = {a: v.reshape(n, t, -1).mean(dim=1) for a, v in self.what(x.flatten(0, 1)).items()}
+        return {**what, **self.where(x)}
 
 
 def _inputs(clips: np.ndarray) -> torch.Tensor:
-    """uint8 ``(n, T, H, W, 3)`` → ``(n, 6, H, W)`` in [-1, 1]: first and last frames."""
+    """uint8 ``(n, T, H, W, 3)`` → ``(n, T, 3, H, W)`` in [-1, 1]."""
     clips = np.asarray(clips)
     if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[-1] != 3:
         raise ValueError(f"clips {clips.dtype} {clips.shape}: want uint8 (n, T, H, W, 3)")
-    x = np.concatenate([clips[:, 0], clips[:, -1]], axis=-1)
-    return torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float().div_(127.5).sub_(1.0)
+
+
+def flip_permutation(attribute: str, horizontal: bool) -> np.ndarray:
+    """Class permutation of ``attribute`` under a left-right (or top-bottom) mirror of the
+    frames: ``labels[:, perm]`` are the mirrored clip's labels. Identity for the attributes a
+    mirror leaves alone (background, colour, shape)."""
+    vocab = ATTRIBUTE_GROUPS[attribute]
+    if attribute == "position":
+        def mirror(name: str) -> str:
+            i = POSITIONS.index(name)
+            r, c = divmod(i, 3)
+            return POSITIONS[3 * r + (2 - c)] if horizontal else POSITIONS[3 * (2 - r) + c]
+    elif attribute == "motion":
+        swap = {"left": "right", "right": "left"} if horizontal else {"up": "down", "down": "up"}
+
+        def mirror(name: str) -> str:
+            return swap.get(name, name)
+    else:
+        return np.arange(len(vocab))
+    return np.array([vocab.index(mirror(v)) for v in vocab])
 
 
 def labels_of(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -109,16 +149,22 @@ def label_sets(records: list[dict[str, Any]], frame_size: int = 64) -> dict[str,
 
 
 def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str | Path, *,
-                steps: int = 1500, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                 width: int = 16, progress: bool = True) -> AttributeProbe:
-    """Train the probe on the training clips' true frames (the test clips are never seen)."""
+    """Train the probe on the training clips' true frames (the test clips are never seen).
+
+    Each step: the *what* stack on one random frame per clip, under one of the eight flips and
+    quarter turns; the *where* stack on whole clips, mirrored left-right and top-bottom at
+    random with the position and motion labels mirrored to match."""
     torch.manual_seed(seed)
     train = np.array([r["clip_id"] for r in records if r["split"] == "train"])
     if len(train) < 2:
         raise ValueError(f"need >= 2 training clips, found {len(train)}")
     y = {a: torch.from_numpy(m / m.sum(axis=1, keepdims=True))
-         for a, m in label_sets(records).items()}
-    model = AttributeProbe(width, image_size=frames.shape[2])
+         for a, m in label_sets(records, frames.shape[2]).items()}
+    flips = {h: {a: torch.from_numpy(flip_permutation(a, h)) for a in AttributeProbe.WHERE}
+             for h in (True, False)}
+    model = AttributeProbe(width, image_size=frames.shape[2], frames=frames.shape[1])
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
@@ -126,21 +172,32 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
     for step in tqdm(range(steps), disable=not progress, desc="attribute probe", unit="step"):
         rng = np.random.default_rng([seed, step])
         ids = train[rng.integers(0, len(train), batch_size)]
-        x = _inputs(np.asarray(frames[ids]))
-        out = model(x)
-        loss = sum(ce(out[a], y[a][ids]) for a in ATTRIBUTES)  # soft: either object
+        x = _inputs(np.asarray(frames[ids]))                           # (B, T, 3, H, W)
+        one = x[torch.arange(len(ids)), torch.from_numpy(rng.integers(0, x.shape[1], len(ids)))]
+        one = torch.rot90(one, int(rng.integers(4)), dims=(2, 3))
+        if rng.random() < 0.5:
+            one = one.flip(3)
+        target = {a: y[a][ids] for a in ATTRIBUTES}
+        for horizontal, dim in ((True, 4), (False, 3)):
+            if rng.random() < 0.5:
+                x = x.flip(dim)
+                for a, perm in flips[horizontal].items():
+                    target[a] = target[a][:, perm]
+        out = {**model.what(one), **model.where(x)}
+        loss = sum(ce(out[a], target[a]) for a in ATTRIBUTES)  # soft: either object
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     model.eval()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out_path = Path(out_dir)
+    out_path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
-              str(out / PROBE_FILE), metadata={"format": FORMAT})
-    (out / "config.json").write_text(json.dumps(
+              str(out_path / PROBE_FILE), metadata={"format": FORMAT})
+    (out_path / "config.json").write_text(json.dumps(
         {"format": FORMAT, "width": model.width, "image_size": model.image_size,
-         "attributes": list(ATTRIBUTES), "steps": steps, "seed": seed}, indent=2) + "\n")
+         "frames": model.frames, "attributes": list(ATTRIBUTES), "steps": steps, "seed": seed},
+        indent=2) + "\n")
     return model
 
 
@@ -150,7 +207,10 @@ def load_probe(path: str | Path) -> AttributeProbe:
         raise FileNotFoundError(f"{folder}: no {PROBE_FILE} (train one with "
                                 "`rtdecode train probe`)")
     meta = json.loads((folder / "config.json").read_text())
-    model = AttributeProbe(meta["width"], meta["image_size"])
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder}: probe format {meta.get('format')!r}, this rtdecode reads "
+                         f"{FORMAT!r} (retrain with `rtdecode train probe`)")
+    model = AttributeProbe(meta["width"], meta["image_size"], meta["frames"])
     model.load_state_dict({k: v.float() for k, v in load_file(str(folder / PROBE_FILE)).items()})
     return model.eval()
 

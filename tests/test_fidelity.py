@@ -1,0 +1,94 @@
+"""The attribute probe that scores render fidelity: label mirroring, shapes, format, learning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rtdecode.render.fidelity import (
+    ATTRIBUTES,
+    AttributeProbe,
+    flip_permutation,
+    label_sets,
+    load_probe,
+    probe_accuracy,
+    train_probe,
+)
+from rtdecode.simulator.stimuli import ATTRIBUTE_GROUPS, MOTIONS, POSITIONS, position_name
+from rtdecode.zoo.clip import load_stimuli
+
+
+@pytest.mark.parametrize("horizontal", [True, False])
+def test_flip_permutation_matches_mirrored_positions(horizontal):
+    size = 64
+    perm = flip_permutation("position", horizontal)
+    for x in np.linspace(2, 62, 13):
+        for y in np.linspace(2, 62, 13):
+            before = POSITIONS.index(position_name(x, y, size))
+            mx, my = (size - x, y) if horizontal else (x, size - y)
+            after = POSITIONS.index(position_name(mx, my, size))
+            onehot = np.eye(len(POSITIONS))[before]
+            assert onehot[perm].argmax() == after     # labels[:, perm] are the mirror's labels
+
+
+def test_flip_permutation_motion_and_invariant_groups():
+    h, v = flip_permutation("motion", True), flip_permutation("motion", False)
+    name = {m: MOTIONS.index(m) for m in MOTIONS}
+    assert MOTIONS[h[name["left"]]] == "right" and MOTIONS[h[name["up"]]] == "up"
+    assert MOTIONS[v[name["up"]]] == "down" and MOTIONS[v[name["left"]]] == "left"
+    assert MOTIONS[h[name["rotate"]]] == "rotate"
+    for a in ("background", "colour", "shape"):
+        assert list(flip_permutation(a, True)) == list(range(len(ATTRIBUTE_GROUPS[a])))
+
+
+def test_mirrored_clip_has_mirrored_labels(small_session):
+    """A clip mirrored left-right is the clip whose objects sit and move mirrored."""
+    frames, records = load_stimuli(small_session)
+    size = frames.shape[2]
+    perm = flip_permutation("motion", True)
+    for r in records[:40]:
+        o = r["objects"][0]
+        mirrored = dict(r, objects=[dict(o, x=size - o["x"])], attributes=dict(r["attributes"]))
+        got = label_sets([mirrored], size)["position"][0]
+        want = label_sets([dict(r, objects=[o])], size)["position"][0][
+            flip_permutation("position", True)]
+        assert (got == want).all()
+        m = MOTIONS.index(o["motion"])
+        assert MOTIONS[perm[m]] == {"left": "right", "right": "left"}.get(o["motion"],
+                                                                          o["motion"])
+
+
+def test_probe_shapes_and_frame_check():
+    probe = AttributeProbe(width=4, image_size=32, frames=4).eval()
+    x = torch.zeros(3, 4, 3, 32, 32)
+    out = probe(x)
+    assert set(out) == set(ATTRIBUTES)
+    for a in ATTRIBUTES:
+        assert out[a].shape == (3, len(ATTRIBUTE_GROUPS[a]))
+    with pytest.raises(ValueError, match="clips of 5 frames"):
+        probe(torch.zeros(1, 5, 3, 32, 32))
+
+
+def test_probe_learns_background_and_roundtrips(small_session, tmp_path):
+    frames, records = load_stimuli(small_session)
+    probe = train_probe(frames, records, tmp_path / "probe", steps=60, batch_size=16, width=8,
+                        progress=False)
+    train = [r for r in records if r["split"] == "train"][:64]
+    clips = np.asarray(frames[[r["clip_id"] for r in train]])
+    acc = probe_accuracy(probe, clips, train)
+    assert acc["background"] >= 0.6           # chance is 1/6
+    again = probe_accuracy(load_probe(tmp_path / "probe"), clips, train)
+    assert abs(again["background"] - acc["background"]) <= 2 / len(train)   # fp16 weights
+
+
+def test_load_probe_rejects_other_format(tmp_path, small_session):
+    frames, records = load_stimuli(small_session)
+    train_probe(frames, records, tmp_path, steps=1, batch_size=4, width=4, progress=False)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["format"] = "rtdecode-attribute-probe/1"
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="retrain"):
+        load_probe(tmp_path)
