@@ -141,6 +141,20 @@ def video_unet(unet, adapter):
     return UNetMotionModel.from_unet2d(unet, adapter)
 
 
+def motion_module_state(model) -> dict[str, torch.Tensor]:
+    """A video UNet's motion-module weights, keyed as its ``MotionAdapter``'s."""
+    return {k: v for k, v in model.state_dict().items() if "motion_modules" in k}
+
+
+def _copy_motion_modules(adapter, model) -> None:
+    """Load an adapter's weights into a video UNet's motion modules (in place)."""
+    missing = set(motion_module_state(model)) - set(adapter.state_dict())
+    if missing:
+        raise ValueError(f"motion adapter lacks {len(missing)} motion-module weights, e.g. "
+                         f"{sorted(missing)[0]}")
+    model.load_state_dict(adapter.state_dict(), strict=False)
+
+
 # --------------------------------------------------------------------------------------------
 # Data
 
@@ -296,6 +310,9 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
         model = video_unet(unet, adapter)
         model.freeze_unet2d_params()
         params = [p for p in model.parameters() if p.requires_grad]
+        # from_unet2d *copies* the adapter's weights into the video UNet: the training updates
+        # those copies, so the adapter is synced from them before every save (and they are
+        # loaded from it on resume)
         trained = adapter
     else:
         model = build_unet(cfg, c, h, width)
@@ -316,6 +333,8 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
             raise ValueError(f"{state_path}: saved model differs from this config in {diff}; "
                              "pass resume=False or another out_dir")
         trained.load_state_dict(state["model"])
+        if video:
+            _copy_motion_modules(adapter, model)
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         rows = [r for r in _read_rows(out / LOSS_FILE) if int(r[0]) <= step]
@@ -344,6 +363,8 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
 
     def checkpoint(snapshot: bool) -> None:
         nonlocal metrics
+        if video:
+            adapter.load_state_dict(motion_module_state(model))
         metrics = {"val_loss": round(validate(), 5), "step": step,
                    "train_seconds": round(elapsed, 1)}
         save_render_model(kind, trained, cfg, out, cond_shape=(data.cond.shape[1], width),

@@ -1,0 +1,85 @@
+"""Training the renderer's toy models: the motion module's trained weights are what is saved,
+and a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rtdecode.zoo.unet import (
+    RenderData,
+    ToyUNetConfig,
+    _batch,
+    build_motion_adapter,
+    build_unet,
+    load_motion_adapter,
+    load_unet,
+    noise_scheduler,
+    render_meta,
+    save_render_model,
+    train_render_model,
+    video_unet,
+)
+
+CFG = ToyUNetConfig(block_out_channels=(16, 32), norm_num_groups=4, attention_head_dim=2,
+                    n_tokens=4, batch_size=2, lr=1e-2, warmup_steps=1, steps=4,
+                    checkpoint_every=2, snapshot_every=100, val_size=16)
+
+
+@pytest.fixture(scope="module")
+def render_data():
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((12, 8, 4, 8, 8)).astype(np.float32)
+    cond = rng.standard_normal((12, 12, 16)).astype(np.float32)
+    return RenderData(latents, cond, np.arange(10), np.arange(10, 12))
+
+
+@pytest.fixture(scope="module")
+def unet_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("unet")
+    save_render_model("unet", build_unet(CFG, 4, 8, 16), CFG, out, cond_shape=(12, 16),
+                      latent_shape=(4, 8, 8))
+    return out
+
+
+def _weights(folder):
+    return load_file(str(folder / "motion.safetensors"))
+
+
+def test_motion_training_saves_the_trained_weights(render_data, unet_dir, tmp_path):
+    """The saved adapter, joined to the UNet again, scores the validation loss the training
+    recorded for its trained model (an untrained adapter would not)."""
+    out = train_render_model("motion", render_data, tmp_path / "m", CFG, unet_dir=unet_dir,
+                             progress=False, threads=1)
+    recorded = render_meta(out, "motion")["metrics"]["val_loss"]
+    model = video_unet(load_unet(unet_dir), load_motion_adapter(out)).eval()
+    val_cfg = dataclasses.replace(CFG, batch_size=CFG.val_size // 8, cond_dropout=0.0)
+    zt, t, cond, noise = _batch(render_data, render_data.val_ids, val_cfg,
+                                np.random.default_rng([CFG.seed, 9]), True, noise_scheduler())
+    with torch.no_grad():
+        pred = model(zt, t, encoder_hidden_states=cond.repeat_interleave(zt.shape[2], 0)).sample
+    assert float(torch.mean((pred - noise) ** 2)) == pytest.approx(recorded, abs=2e-5)
+    fresh = video_unet(load_unet(unet_dir), build_motion_adapter(CFG)).eval()
+    with torch.no_grad():
+        other = fresh(zt, t, encoder_hidden_states=cond.repeat_interleave(zt.shape[2], 0)).sample
+    assert float(torch.mean((other - noise) ** 2)) != pytest.approx(recorded, abs=1e-3)
+
+
+def test_motion_training_resumes_exactly(render_data, unet_dir, tmp_path):
+    train_render_model("motion", render_data, tmp_path / "whole", CFG, unet_dir=unet_dir,
+                       progress=False, threads=1)
+    half = dataclasses.replace(CFG, steps=2)
+    train_render_model("motion", render_data, tmp_path / "resumed", half, unet_dir=unet_dir,
+                       progress=False, threads=1)
+    first = _weights(tmp_path / "resumed")
+    train_render_model("motion", render_data, tmp_path / "resumed", CFG, unet_dir=unet_dir,
+                       progress=False, threads=1)
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    assert any(not torch.equal(first[k], b[k]) for k in b)     # the resumed run moved on
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
