@@ -1148,18 +1148,32 @@ def train_unet_cmd(
                     ] = ZOO_DIR / "clip",
     vae: Annotated[Path, typer.Option(help="Toy VAE: the latent space.")] = ZOO_DIR / "vae",
     steps: Annotated[int, typer.Option(help="Training steps.")] = 5000,
+    schedule: Annotated[str, typer.Option(help="Noise schedule: sd15 (epsilon) or zero_snr "
+                                               "(zero terminal SNR, v-prediction).")
+                        ] = "sd15",
+    init: Annotated[Path | None, typer.Option(help="Start from this UNet checkpoint's weights "
+                                                   "(fine-tune) instead of from scratch.")
+                    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 3e-4).")
+                  ] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
 ) -> None:
     """Train the toy text-conditioned UNet (diffusers UNet2DConditionModel on the toy VAE's
-    latents, cross-attending to the toy CLIP's caption token states); resumable."""
+    latents, cross-attending to the toy CLIP's caption token states); resumable. With
+    ``--init`` a trained UNet is fine-tuned, e.g. to ``--schedule zero_snr``."""
     import dataclasses
 
     from .zoo.unet import ToyUNetConfig
 
-    cfg = dataclasses.replace(ToyUNetConfig(), steps=steps)
-    _train_render("unet", data, clip, vae, out, cfg, max_minutes=max_minutes, threads=threads)
+    try:
+        cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, schedule=schedule,
+                                  **({"lr": lr} if lr is not None else {}))
+    except ValueError as exc:
+        _fail(str(exc))
+    _train_render("unet", data, clip, vae, out, cfg, max_minutes=max_minutes, threads=threads,
+                  init_dir=init)
 
 
 def _train_render(kind: str, data: Path, clip: Path, vae: Path, out: Path, cfg, **kw) -> None:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rtdecode.render.cvr import CVR, NEUROCLIPS, CVRSettings
+from rtdecode.render.cvr import CVR, NEUROCLIPS, CVRSettings, make_scheduler
 from rtdecode.zoo.unet import (
     SCHEDULE,
+    SCHEDULES,
     ToyUNetConfig,
     build_motion_adapter,
     build_unet,
@@ -269,3 +270,20 @@ def test_anchor_guidance_guides_stage_2_only(parts):
     np.testing.assert_array_equal(guided.frames, unguided_video.frames)
     with pytest.raises(ValueError, match="anchor_guidance"):
         CVRSettings(anchor_guidance=0.5)
+
+
+@pytest.mark.parametrize("scheduler", ["dpm", "ddim", "euler"])
+def test_zero_snr_schedule_samples(parts, scheduler):
+    """A v-prediction, zero-terminal-SNR checkpoint samples with every scheduler: text to video
+    starts from pure noise at the last (trailing) timestep."""
+    _, vae, unet, adapter = parts
+    cvr = CVR(vae, unet, adapter, schedule=SCHEDULES["zero_snr"], levels=LEVELS,
+              n_tokens=TOKENS, settings=CVRSettings(steps=4, scheduler=scheduler))
+    sem, z = inputs()
+    for latents in (z, None):
+        out = cvr(sem, latents)
+        assert out.frames.shape == (8, 64, 64, 3) and out.frames.dtype == np.uint8
+        np.testing.assert_array_equal(out.frames[0], out.anchor_frame)
+    sched = make_scheduler(scheduler, SCHEDULES["zero_snr"])
+    sched.set_timesteps(4)
+    assert int(sched.timesteps[0]) == 999

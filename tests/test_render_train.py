@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from rtdecode.zoo.unet import (
+    SCHEDULES,
     RenderData,
     ToyUNetConfig,
     _batch,
@@ -83,3 +84,31 @@ def test_motion_training_resumes_exactly(render_data, unet_dir, tmp_path):
     assert any(not torch.equal(first[k], b[k]) for k in b)     # the resumed run moved on
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_zero_snr_finetune_and_its_motion_module(render_data, unet_dir, tmp_path):
+    zcfg = dataclasses.replace(CFG, schedule="zero_snr", steps=2, lr=1e-4)
+    out = train_render_model("unet", render_data, tmp_path / "z", zcfg, init_dir=unet_dir,
+                             progress=False, threads=1)
+    meta = render_meta(out, "unet")
+    assert meta["scheduler"] == SCHEDULES["zero_snr"]
+    assert meta["scheduler"]["prediction_type"] == "v_prediction"
+    assert meta["metrics"]["init"]["from"] == str(unet_dir)
+    # started from the given weights: two small steps stay close to them, a fresh net does not
+    start, tuned = load_unet(unet_dir).state_dict(), load_unet(out).state_dict()
+    fresh = build_unet(CFG, 4, 8, 16).state_dict()
+    gap = sum(float((tuned[k] - start[k]).abs().sum()) for k in start)
+    assert gap < sum(float((fresh[k] - start[k]).abs().sum()) for k in start) / 10
+    # the motion module follows its UNet's schedule (the config's says sd15)
+    m = train_render_model("motion", render_data, tmp_path / "zm", CFG, unet_dir=out,
+                           progress=False, threads=1)
+    assert render_meta(m, "motion")["scheduler"] == SCHEDULES["zero_snr"]
+    # a checkpoint cannot be resumed under another schedule
+    with pytest.raises(ValueError, match="schedule"):
+        train_render_model("unet", render_data, tmp_path / "z", CFG, progress=False,
+                           threads=1)
+
+
+def test_unknown_schedule_is_rejected():
+    with pytest.raises(ValueError, match="schedule 'cosine'"):
+        ToyUNetConfig(schedule="cosine")

@@ -48,9 +48,20 @@ LOSS_FILE = "loss.csv"
 FORMAT = "rtdecode-toy-render/1"
 LEVELS = ("anchor", "motion", "holistic")
 
-#: The noise schedule every toy render model is trained and sampled with (SD1.5's).
+#: SD1.5's noise schedule (epsilon prediction): the first toy UNets were trained with it.
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                 beta_end=0.012, prediction_type="epsilon")
+#: Noise schedules a toy render model can be trained with (``ToyUNetConfig.schedule``); a
+#: checkpoint records its own, and CVR samples with it. ``zero_snr``: the same betas rescaled
+#: so the last step is pure noise, with v-prediction and trailing timesteps (Lin et al., 2024,
+#: "Common diffusion noise schedules and sample steps are flawed"). Under ``sd15`` the last
+#: step keeps 6.8 % of the signal, so a UNet learns to take a frame's mean colour from the
+#: noise and, sampled from pure noise, ignores the caption's background.
+SCHEDULES = {
+    "sd15": SCHEDULE,
+    "zero_snr": dict(SCHEDULE, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                     timestep_spacing="trailing"),
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,11 @@ class ToyUNetConfig:
     snapshot_every: int = 1000
     val_size: int = 256
     bf16: bool = False                 # bf16 autocast: 3x slower on CPUs without AMX
+    schedule: str = "sd15"             # a key of SCHEDULES
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}: want one of {sorted(SCHEDULES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,10 +131,13 @@ class ToyUNetConfig:
                     motion_max_seq_length=max_frames, use_motion_mid_block=False)
 
 
-def noise_scheduler():
+def noise_scheduler(schedule: str = "sd15"):
+    """The training-time diffusers scheduler of one of :data:`SCHEDULES`."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**SCHEDULE, clip_sample=False)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: want one of {sorted(SCHEDULES)}")
+    return DDPMScheduler(**SCHEDULES[schedule], clip_sample=False)
 
 
 def build_unet(cfg: ToyUNetConfig, latent_channels: int = 4, latent_size: int = 16,
@@ -234,7 +253,8 @@ def _lr_at(step: int, cfg: ToyUNetConfig) -> float:
 
 def _batch(data: RenderData, ids: np.ndarray, cfg: ToyUNetConfig, rng: np.random.Generator,
            video: bool, sched) -> tuple[torch.Tensor, ...]:
-    """(noised latents, timesteps, conditions, noise) for one batch, drawn from ``rng``."""
+    """(noised latents, timesteps, conditions, target) for one batch, drawn from ``rng``; the
+    target is the noise, or the velocity under v-prediction."""
     clips = ids[rng.integers(0, len(ids), cfg.batch_size)]
     if video:
         z0 = torch.from_numpy(data.latents[clips])                        # (B, T, C, h, w)
@@ -248,6 +268,8 @@ def _batch(data: RenderData, ids: np.ndarray, cfg: ToyUNetConfig, rng: np.random
     t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, len(clips)))
     noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
     zt = sched.add_noise(z0, noise, t)
+    if sched.config.prediction_type == "v_prediction":
+        return zt, t, cond, sched.get_velocity(z0, noise, t)
     return zt, t, cond, noise
 
 
@@ -285,13 +307,17 @@ def plot_loss(csv_path: str | Path, png_path: str | Path, title: str) -> None:
 
 
 def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: ToyUNetConfig, *,
-                       unet_dir: str | Path | None = None, progress: bool = True,
-                       resume: bool = True, max_minutes: float | None = None,
-                       threads: int | None = None) -> Path:
+                       unet_dir: str | Path | None = None, init_dir: str | Path | None = None,
+                       progress: bool = True, resume: bool = True,
+                       max_minutes: float | None = None, threads: int | None = None) -> Path:
     """Train the toy UNet (``kind="unet"``) or its motion module (``kind="motion"``, with the
-    UNet from ``unet_dir`` frozen). Returns the checkpoint folder."""
+    UNet from ``unet_dir`` frozen, and that UNet's noise schedule). ``init_dir``: start the
+    UNet from another checkpoint's weights (fine-tuning, e.g. to ``cfg.schedule="zero_snr"``)
+    instead of a fresh initialisation. Returns the checkpoint folder."""
     if kind not in ("unet", "motion"):
         raise ValueError(f"kind {kind!r}: want 'unet' or 'motion'")
+    if init_dir is not None and kind != "unet":
+        raise ValueError("init_dir: only the UNet can start from another checkpoint")
     if threads:
         torch.set_num_threads(threads)
     out = Path(out_dir)
@@ -299,12 +325,18 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
     n_clips, n_frames, c, h, _ = data.latents.shape
     width = data.cond.shape[-1]
     video = kind == "motion"
-    sched = noise_scheduler()
-
-    torch.manual_seed(cfg.seed)
+    init = None
     if video:
         if unet_dir is None:
             raise ValueError("training the motion module needs the trained UNet (unet_dir)")
+        # the motion module learns its UNet's objective
+        cfg = dataclasses.replace(cfg, schedule=_schedule_name(render_meta(unet_dir, "unet")))
+    elif init_dir is not None:
+        init = {"from": str(init_dir), **_read_meta(Path(init_dir), "unet").get("metrics", {})}
+    sched = noise_scheduler(cfg.schedule)
+
+    torch.manual_seed(cfg.seed)
+    if video:
         unet = load_unet(unet_dir)
         adapter = build_motion_adapter(cfg)
         model = video_unet(unet, adapter)
@@ -316,6 +348,13 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
         trained = adapter
     else:
         model = build_unet(cfg, c, h, width)
+        if init_dir is not None:
+            start = load_unet(init_dir)
+            if start.config.block_out_channels != model.config.block_out_channels:
+                raise ValueError(f"{init_dir}: a UNet of channels "
+                                 f"{start.config.block_out_channels}, this config builds "
+                                 f"{model.config.block_out_channels}")
+            model.load_state_dict(start.state_dict())
         params = list(model.parameters())
         trained = model
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -329,6 +368,8 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
                 "motion_heads", "seed")
         diff = [k for k in arch if tuple(np.atleast_1d(state["config"].get(k)))
                 != tuple(np.atleast_1d(cfg.to_dict()[k]))]
+        if state["config"].get("schedule", "sd15") != cfg.schedule:
+            diff.append("schedule")
         if diff:
             raise ValueError(f"{state_path}: saved model differs from this config in {diff}; "
                              "pass resume=False or another out_dir")
@@ -354,9 +395,9 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
     @torch.no_grad()
     def validate() -> float:
         model.eval()
-        zt, t, cond, noise = val_batch
+        zt, t, cond, target = val_batch
         loss = sum(float(torch.mean((forward(zt[i:i + 32], t[i:i + 32], cond[i:i + 32])
-                                      - noise[i:i + 32]) ** 2)) * len(zt[i:i + 32])
+                                      - target[i:i + 32]) ** 2)) * len(zt[i:i + 32])
                    for i in range(0, len(zt), 32)) / len(zt)
         model.train()
         return loss
@@ -367,6 +408,8 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
             adapter.load_state_dict(motion_module_state(model))
         metrics = {"val_loss": round(validate(), 5), "step": step,
                    "train_seconds": round(elapsed, 1)}
+        if init is not None:
+            metrics["init"] = init
         save_render_model(kind, trained, cfg, out, cond_shape=(data.cond.shape[1], width),
                           latent_shape=(c, h, h), metrics=metrics)
         if snapshot:
@@ -392,11 +435,11 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
     while step < cfg.steps:
         t0 = time.monotonic()
         rng = np.random.default_rng([cfg.seed, 2 if video else 1, step])
-        zt, t, cond, noise = _batch(data, data.train_ids, cfg, rng, video, sched)
+        zt, t, cond, target = _batch(data, data.train_ids, cfg, rng, video, sched)
         lr = _lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = torch.mean((forward(zt, t, cond) - noise) ** 2)
+        loss = torch.mean((forward(zt, t, cond) - target) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -437,8 +480,9 @@ def save_render_model(kind: str, model, cfg: ToyUNetConfig, out_dir: str | Path,
     tmp.replace(path)
     (out / CONFIG_FILE).write_text(json.dumps(
         {"format": FORMAT, "kind": kind, "diffusers": dict(model.config), "train": cfg.to_dict(),
-         "scheduler": SCHEDULE, "cond": {"levels": list(cfg.levels), "n_tokens": cfg.n_tokens,
-                                         "shape": list(cond_shape)},
+         "scheduler": SCHEDULES[cfg.schedule],
+         "cond": {"levels": list(cfg.levels), "n_tokens": cfg.n_tokens,
+                  "shape": list(cond_shape)},
          "latent_shape": list(latent_shape), "metrics": metrics or {}},
         indent=2, default=list) + "\n")
     return path
@@ -482,6 +526,15 @@ def load_motion_adapter(path: str | Path):
     model = MotionAdapter.from_config(cfg)
     model.load_state_dict(_state(folder / "motion.safetensors"))
     return model.eval()
+
+
+def _schedule_name(meta: dict[str, Any]) -> str:
+    """Which of :data:`SCHEDULES` a checkpoint was trained with."""
+    for name, sched in SCHEDULES.items():
+        if meta.get("scheduler") == sched:
+            return name
+    raise ValueError(f"a checkpoint trained with noise schedule {meta.get('scheduler')}, "
+                     f"none of {sorted(SCHEDULES)}")
 
 
 def render_meta(path: str | Path, kind: str) -> dict[str, Any]:
