@@ -46,7 +46,7 @@ report: venv
 	$(VENV)/bin/rtdecode report --out $(REPORT_OUT) --zoo $(ZOO) \
 	  $(if $(wildcard $(ABLATIONS)),--ablations $(ABLATIONS))
 
-# Retrain the whole toy zoo from scratch on 2 cores (about 2 hours) and pack it as the
+# Retrain the whole toy zoo from scratch on 2 cores (about 3.5 hours) and pack it as the
 # shipped float16 copy in rtdecode/zoo/weights. Every step resumes if interrupted.
 STUDY ?= data/study
 RT := $(VENV)/bin/rtdecode
@@ -55,14 +55,16 @@ zoo: venv
 	test -f $(STUDY)/simulation.json || $(RT) simulate $(STUDY) --preset study --subjects 1 --seed 0
 	$(RT) train clip --data $(STUDY) --out runs/zoo/clip --steps 600
 	$(RT) train vae --data $(STUDY) --out runs/zoo/vae --steps 1600 --object-weight 8 --threads 1
+	$(RT) train vae-decoder --data $(STUDY) --vae runs/zoo/vae --steps 1500 --object-weight 16 --threads 1
 	$(TRAIN_SAD) --out runs/zoo/sad
 	$(TRAIN_SAD) --preset mlp --out runs/zoo/mlp
 	$(TRAIN_SAD) --noise-free --out runs/zoo/noise_free
 	$(RT) train mad --data $(STUDY) --config configs/study.toml --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/mad --epochs 12
 	$(RT) train probe --data $(STUDY) --out runs/zoo/probe --steps 3000
 	$(RT) train fusion --data $(STUDY) --clip runs/zoo/clip --out runs/zoo/fusion.json
-	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/unet --steps 2600 --threads 1
-	$(RT) train motion --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --unet runs/zoo/unet --out runs/zoo/motion --steps 150
+	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/unet_sd15 --steps 2600 --threads 1
+	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --init runs/zoo/unet_sd15 --schedule zero_snr --lr 1e-4 --out runs/zoo/unet --steps 1800 --threads 1
+	$(RT) train motion --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --unet runs/zoo/unet --out runs/zoo/motion --steps 600
 	$(TRAIN_SAD) --levels motion,holistic --out runs/ablations/without_anchor
 	$(TRAIN_SAD) --levels anchor,holistic --out runs/ablations/without_motion
 	$(TRAIN_SAD) --levels anchor,motion --out runs/ablations/without_holistic
