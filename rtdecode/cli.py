@@ -1156,6 +1156,9 @@ def train_unet_cmd(
                     ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 3e-4).")
                   ] = None,
+    object_weight: Annotated[float, typer.Option(help="Extra training-loss weight on the "
+                                                      "latent cells the objects cover.")
+                             ] = 0.0,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -1169,6 +1172,7 @@ def train_unet_cmd(
 
     try:
         cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, schedule=schedule,
+                                  object_weight=object_weight,
                                   **({"lr": lr} if lr is not None else {}))
     except ValueError as exc:
         _fail(str(exc))
@@ -1200,6 +1204,9 @@ def train_motion_cmd(
     vae: Annotated[Path, typer.Option(help="Toy VAE: the latent space.")] = ZOO_DIR / "vae",
     steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(help="Clips (of 8 frames) per step.")] = 4,
+    object_weight: Annotated[float, typer.Option(help="Extra training-loss weight on the "
+                                                      "latent cells the objects cover.")
+                             ] = 0.0,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -1210,8 +1217,12 @@ def train_motion_cmd(
 
     from .zoo.unet import ToyUNetConfig
 
-    cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, batch_size=batch_size,
-                              checkpoint_every=100, snapshot_every=500, lr=1e-3)
+    try:
+        cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, batch_size=batch_size,
+                                  checkpoint_every=100, snapshot_every=500, lr=1e-3,
+                                  object_weight=object_weight)
+    except ValueError as exc:
+        _fail(str(exc))
     _train_render("motion", data, clip, vae, out, cfg, unet_dir=unet, max_minutes=max_minutes,
                   threads=threads)
 
@@ -1574,7 +1585,9 @@ def fidelity_cmd(
                                                    "simulated if absent).")] = None,
     clips: Annotated[int, typer.Option(help="Test clips per condition.")] = 60,
     conditions: Annotated[str, typer.Option(help="Comma-separated: true_frames, vae, truth, "
-                                                 "text_only, motion_frames, decoded.")
+                                                 "text_only, motion_frames, decoded, "
+                                                 "decoded_captions (SAD + true latents), "
+                                                 "decoded_latents (true captions + MAD).")
                           ] = "true_frames,vae,truth,text_only,motion_frames,decoded",
     curve: Annotated[Path | None, typer.Option(help="A UNet training folder with snapshots/: "
                                                     "fidelity per snapshot instead (writes "

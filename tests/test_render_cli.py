@@ -58,9 +58,12 @@ def test_render_writes_the_side_by_side_video(small_session, tiny_zoo, tmp_path)
 
 
 def test_fidelity_conditions(small_session, tiny_zoo):
+    conds = ("true_frames", "vae", "truth", "text_only", "motion_frames", "decoded",
+             "decoded_captions", "decoded_latents")
     out = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
-              "4")
-    for cond in ("true_frames", "vae", "truth", "text_only", "motion_frames", "decoded"):
+              "4", "--conditions", ",".join(conds))
+    assert set(out) == {*conds, "clips"}
+    for cond in conds:
         probe = out[cond]["probe"]
         assert set(probe) == {"background", "colour", "shape", "position", "motion"}
         assert all(0.0 <= v <= 1.0 for v in probe.values())

@@ -17,6 +17,7 @@ from rtdecode.zoo.unet import (
     _batch,
     build_motion_adapter,
     build_unet,
+    latent_object_weights,
     load_motion_adapter,
     load_unet,
     noise_scheduler,
@@ -60,7 +61,7 @@ def test_motion_training_saves_the_trained_weights(render_data, unet_dir, tmp_pa
     recorded = render_meta(out, "motion")["metrics"]["val_loss"]
     model = video_unet(load_unet(unet_dir), load_motion_adapter(out)).eval()
     val_cfg = dataclasses.replace(CFG, batch_size=CFG.val_size // 8, cond_dropout=0.0)
-    zt, t, cond, noise = _batch(render_data, render_data.val_ids, val_cfg,
+    zt, t, cond, noise, _ = _batch(render_data, render_data.val_ids, val_cfg,
                                 np.random.default_rng([CFG.seed, 9]), True, noise_scheduler())
     with torch.no_grad():
         pred = model(zt, t, encoder_hidden_states=cond.repeat_interleave(zt.shape[2], 0)).sample
@@ -112,3 +113,38 @@ def test_zero_snr_finetune_and_its_motion_module(render_data, unet_dir, tmp_path
 def test_unknown_schedule_is_rejected():
     with pytest.raises(ValueError, match="schedule 'cosine'"):
         ToyUNetConfig(schedule="cosine")
+
+
+def test_latent_object_weights_cover_the_object():
+    rec = {"objects": [{"x": 12.0, "y": 40.0, "r": 4.0, "motion": "right"}]}
+    w = latent_object_weights([rec, {"objects": []}], n_frames=8, size=64, latent_size=16,
+                              weight=8.0)
+    assert w.shape == (2, 8, 1, 16, 16)
+    assert np.all(w[1] == 1.0)                       # no object: plain MSE
+    assert w[0, 0, 0, 10, 3] > 5 and w[0, 0, 0, 10, 12] == 1.0   # cell (y 40, x 12) vs far
+    assert w[0, 7, 0, 10, 7] > 5 and w[0, 7, 0, 10, 3] == 1.0    # moved right by 18 px
+    with pytest.raises(ValueError, match="tile"):
+        latent_object_weights([rec], 8, 64, 12, 8.0)
+
+
+def test_object_weighted_loss(render_data, tmp_path):
+    """Uniform weights train exactly as plain MSE (the loss is normalised by the mean weight);
+    weights that favour some cells train differently; bad weights are refused."""
+    cfg = dataclasses.replace(CFG, steps=2)
+
+    def train(name, weights):
+        data = dataclasses.replace(render_data, weights=weights)
+        out = train_render_model("unet", data, tmp_path / name, cfg, progress=False,
+                                 threads=1, resume=False)
+        return load_unet(out).state_dict()
+
+    plain = train("plain", None)
+    uniform = train("uniform", np.full((12, 8, 1, 8, 8), 3.0, np.float32))
+    hot = np.ones((12, 8, 1, 8, 8), np.float32)
+    hot[..., 2:4, 2:4] = 9.0
+    weighted = train("hot", hot)
+    for k in plain:
+        torch.testing.assert_close(plain[k], uniform[k], rtol=1e-4, atol=1e-5)
+    assert any(not torch.allclose(plain[k], weighted[k], atol=1e-5) for k in plain)
+    with pytest.raises(ValueError, match="object_weight -1"):
+        ToyUNetConfig(object_weight=-1.0)

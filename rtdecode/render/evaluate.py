@@ -116,7 +116,10 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
     VAE), ``truth`` (rendered from true caption tokens and true latents), ``text_only`` (from
     true caption tokens alone: the UNet's own fidelity), ``motion_frames`` (MAD's decoded
     latents through the VAE decoder: CVR's stage 1 alone, no UNet), ``decoded`` (SAD + MAD
-    single-trial windows through all three stages, as live). ``unet_weights``: a snapshot
+    single-trial windows through all three stages, as live), and the two halves of
+    ``decoded`` swapped in one at a time, which tells which decoder bounds it:
+    ``decoded_captions`` (SAD's semantics with the true latents) and ``decoded_latents`` (the
+    true captions with MAD's latents). ``unet_weights``: a snapshot
     file to load instead of the final weights (the training curve)."""
     from pathlib import Path
 
@@ -148,20 +151,30 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
         elif cond == "text_only":
             inp = RenderInputs(truth_in.clip_ids, truth_in.semantics, None, "truth/text_only")
             clips = render_clips(cvr, inp, progress=progress).clips
-        elif cond in ("decoded", "motion_frames"):
+        elif cond in ("decoded", "motion_frames", "decoded_captions", "decoded_latents"):
             if decoded is None:
                 decoded, _, _ = load_inputs("decoded", root, cfg, zoo, cvr, clip_model, n_clips)
+                assert np.array_equal(decoded.clip_ids, truth_in.clip_ids)  # same windows
             if cond == "decoded":
                 clips = render_clips(cvr, decoded, progress=progress).clips
+            elif cond == "decoded_captions":
+                inp = RenderInputs(decoded.clip_ids, decoded.semantics, truth_in.latents,
+                                   "decoded captions + true latents")
+                clips = render_clips(cvr, inp, progress=progress).clips
             elif decoded.latents is None:
-                raise ValueError("condition 'motion_frames' needs MAD (mad/ in the zoo)")
+                raise ValueError(f"condition {cond!r} needs MAD (mad/ in the zoo)")
+            elif cond == "decoded_latents":
+                inp = RenderInputs(decoded.clip_ids, truth_in.semantics, decoded.latents,
+                                   "true captions + decoded latents")
+                clips = render_clips(cvr, inp, progress=progress).clips
             else:  # CVR's stage 1 alone: MAD's decoded latents through the VAE decoder
                 z = decoded.latents
                 clips = cvr.vae.decode(z.reshape(-1, *z.shape[2:]))
                 clips = clips.reshape(*z.shape[:2], *clips.shape[1:])
         else:
             raise ValueError(f"condition {cond!r}: want one of true_frames, vae, truth, "
-                             "text_only, motion_frames, decoded")
+                             "text_only, motion_frames, decoded, decoded_captions, "
+                             "decoded_latents")
         out[cond] = fidelity(clips, records, probe, clip_model)
     out["clips"] = len(records)
     return out

@@ -91,10 +91,16 @@ class ToyUNetConfig:
     val_size: int = 256
     bf16: bool = False                 # bf16 autocast: 3x slower on CPUs without AMX
     schedule: str = "sd15"             # a key of SCHEDULES
+    # extra training-loss weight on the latent cells the objects cover (0: plain MSE). Objects
+    # fill a few percent of a frame, so plain MSE is mostly about the background; the
+    # validation loss stays plain MSE, comparable across runs
+    object_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: want one of {sorted(SCHEDULES)}")
+        if not (self.object_weight >= 0 and math.isfinite(self.object_weight)):
+            raise ValueError(f"object_weight {self.object_weight!r}: want a finite value >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,6 +192,8 @@ class RenderData:
     cond: np.ndarray       # (n_clips, levels * n_tokens, token_width) float32
     train_ids: np.ndarray  # training clips used for fitting
     val_ids: np.ndarray    # training clips held out for validation (never the test clips)
+    # (n_clips, T, 1, h, w) float32 training-loss weights (ToyUNetConfig.object_weight), or None
+    weights: np.ndarray | None = None
 
 
 def encode_conditions(clip_model, records: list[dict], n_tokens: int,
@@ -237,7 +245,28 @@ def prepare_data(data_dir: str | Path, clip_path: str | Path, vae_path: str | Pa
         raise ValueError(f"{data_dir}: need >= 2 training clips, found {len(train)}")
     perm = np.random.default_rng([cfg.seed, 7]).permutation(train)
     n_val = max(1, len(train) // 20)
-    return RenderData(latents, cond, np.sort(perm[n_val:]), np.sort(perm[:n_val]))
+    weights = None
+    if cfg.object_weight > 0:
+        weights = latent_object_weights(records, frames.shape[1], frames.shape[2],
+                                        latents.shape[-1], cfg.object_weight)
+    return RenderData(latents, cond, np.sort(perm[n_val:]), np.sort(perm[:n_val]), weights)
+
+
+def latent_object_weights(records: list[dict], n_frames: int, size: int, latent_size: int,
+                          weight: float) -> np.ndarray:
+    """``(n_clips, T, 1, h, w)``: the toy VAE's pixel object weights (``1 + weight`` on a disk
+    around every object, 1 elsewhere) averaged over each latent cell's pixels."""
+    from .vae import object_weights
+
+    if size % latent_size:
+        raise ValueError(f"frames of {size} px do not tile latents of {latent_size}")
+    k = size // latent_size
+    out = np.empty((len(records), n_frames, 1, latent_size, latent_size), np.float32)
+    fidx = np.arange(n_frames)
+    for i, r in enumerate(records):
+        w = object_weights([r] * n_frames, fidx, size, n_frames, weight)
+        out[i] = torch.nn.functional.avg_pool2d(w, k).numpy()
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,15 +282,21 @@ def _lr_at(step: int, cfg: ToyUNetConfig) -> float:
 
 def _batch(data: RenderData, ids: np.ndarray, cfg: ToyUNetConfig, rng: np.random.Generator,
            video: bool, sched) -> tuple[torch.Tensor, ...]:
-    """(noised latents, timesteps, conditions, target) for one batch, drawn from ``rng``; the
-    target is the noise, or the velocity under v-prediction."""
+    """(noised latents, timesteps, conditions, target, loss weights) for one batch, drawn from
+    ``rng``; the target is the noise, or the velocity under v-prediction; the weights are
+    ``None`` without ``data.weights`` (plain MSE)."""
     clips = ids[rng.integers(0, len(ids), cfg.batch_size)]
+    w = None
     if video:
         z0 = torch.from_numpy(data.latents[clips])                        # (B, T, C, h, w)
         z0 = z0.permute(0, 2, 1, 3, 4)                                    # (B, C, T, h, w)
+        if data.weights is not None:
+            w = torch.from_numpy(data.weights[clips]).permute(0, 2, 1, 3, 4)
     else:
         frame = np.asarray(cfg.frames)[rng.integers(0, len(cfg.frames), len(clips))]
         z0 = torch.from_numpy(data.latents[clips, frame])
+        if data.weights is not None:
+            w = torch.from_numpy(data.weights[clips, frame])
     cond = torch.from_numpy(data.cond[clips])
     drop = torch.from_numpy(rng.random(len(clips)) < cfg.cond_dropout)
     cond = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
@@ -269,8 +304,8 @@ def _batch(data: RenderData, ids: np.ndarray, cfg: ToyUNetConfig, rng: np.random
     noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
     zt = sched.add_noise(z0, noise, t)
     if sched.config.prediction_type == "v_prediction":
-        return zt, t, cond, sched.get_velocity(z0, noise, t)
-    return zt, t, cond, noise
+        return zt, t, cond, sched.get_velocity(z0, noise, t), w
+    return zt, t, cond, noise, w
 
 
 def _read_rows(path: Path) -> list[list[Any]]:
@@ -395,7 +430,7 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
     @torch.no_grad()
     def validate() -> float:
         model.eval()
-        zt, t, cond, target = val_batch
+        zt, t, cond, target, _ = val_batch  # plain MSE: comparable across object weights
         loss = sum(float(torch.mean((forward(zt[i:i + 32], t[i:i + 32], cond[i:i + 32])
                                       - target[i:i + 32]) ** 2)) * len(zt[i:i + 32])
                    for i in range(0, len(zt), 32)) / len(zt)
@@ -435,11 +470,12 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
     while step < cfg.steps:
         t0 = time.monotonic()
         rng = np.random.default_rng([cfg.seed, 2 if video else 1, step])
-        zt, t, cond, target = _batch(data, data.train_ids, cfg, rng, video, sched)
+        zt, t, cond, target, w = _batch(data, data.train_ids, cfg, rng, video, sched)
         lr = _lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = torch.mean((forward(zt, t, cond) - target) ** 2)
+        err = (forward(zt, t, cond) - target) ** 2
+        loss = torch.mean(err) if w is None else torch.mean(w * err) / torch.mean(w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
