@@ -796,6 +796,12 @@ def bench_render_cmd(
                                              "windows) or truth (true captions and "
                                              "latents).")] = "decoded",
     steps: Annotated[int, typer.Option(help="Our scheduler steps.")] = 4,
+    guidance: Annotated[float, typer.Option(help="Our classifier-free guidance (1 = off).")
+                        ] = 1.0,
+    anchor_guidance: Annotated[float, typer.Option(help="Our stage 2's own guidance (0 = "
+                                                        "--guidance's; 1 with --guidance 3: "
+                                                        "the video stage guided alone).")
+                               ] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     sequential: Annotated[bool, typer.Option(
         "--sequential", help="Time all of ours, then all of NeuroClips' (default: they take "
@@ -819,7 +825,9 @@ def bench_render_cmd(
         if data is None:
             _ensure_session(cfg, root)
         result = bench_render(zoo, root, cfg, n_clips=clips, inputs=inputs, threads=threads,
-                              settings=CVRSettings(steps=steps), progress=not as_json,
+                              settings=CVRSettings(steps=steps, guidance=guidance,
+                                                   anchor_guidance=anchor_guidance or None),
+                              progress=not as_json,
                               interleave=not sequential)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

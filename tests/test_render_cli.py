@@ -42,6 +42,12 @@ def test_bench_render_json_shape(small_session, tiny_zoo):
     for name in ("ours", "neuroclips"):
         for k in ("ssim", "clip_pcc", "vifi", "unet_evals_per_clip"):
             assert seq[name][k] == out[name][k]
+    # our guidance, in the video stage alone: the same passes, each a doubled batch
+    g = run("bench", "render", "--zoo", str(tiny_zoo), "--data", str(small_session),
+            "--clips", "1", "--guidance", "3", "--anchor-guidance", "1")
+    assert (g["ours"]["guidance"], g["ours"]["anchor_guidance"]) == (3.0, 1.0)
+    assert out["ours"]["anchor_guidance"] == 1.0 and out["neuroclips"]["anchor_guidance"] == 8.5
+    assert g["ours"]["unet_evals_per_clip"] == out["ours"]["unet_evals_per_clip"]
 
 
 def test_render_writes_the_side_by_side_video(small_session, tiny_zoo, tmp_path):
