@@ -1650,6 +1650,7 @@ def fidelity_cmd(
         typer.echo(json.dumps(result, indent=2))
         return
     from .render.fidelity import ATTRIBUTES
+    from .simulator.stimuli import ATTRIBUTE_GROUPS
 
     typer.echo(f"{result['clips']} test clips; attribute accuracy, probe (toy CLIP zero-shot)")
     typer.echo(f"{'condition':14}" + "".join(f"{a:>18}" for a in ATTRIBUTES))
@@ -1659,6 +1660,15 @@ def fidelity_cmd(
                                            if a in r.get("clip_zero_shot", {}) else "")
                  for a in ATTRIBUTES]
         typer.echo(f"{cond:14}" + "".join(f"{c:>18}" for c in cells))
+    shapes = [v for v in ATTRIBUTE_GROUPS["shape"]
+              if any(v in result[c]["probe_by_shape"] for c in conds)]
+    typer.echo("\nshape accuracy per shape, single-object clips (clips)")
+    typer.echo(f"{'condition':14}" + "".join(f"{v:>12}" for v in shapes))
+    for cond in conds:
+        by = result[cond]["probe_by_shape"]
+        cells = [f"{by[v]['accuracy']:.2f} ({by[v]['clips']})" if v in by else "-"
+                 for v in shapes]
+        typer.echo(f"{cond:14}" + "".join(f"{c:>12}" for c in cells))
 
 
 @app.command("report")

@@ -11,6 +11,7 @@ import torch
 from rtdecode.render.fidelity import (
     ATTRIBUTES,
     AttributeProbe,
+    accuracy_by_value,
     flip_permutation,
     label_sets,
     load_probe,
@@ -92,3 +93,15 @@ def test_load_probe_rejects_other_format(tmp_path, small_session):
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="retrain"):
         load_probe(tmp_path)
+
+
+def test_accuracy_by_value_counts_single_object_clips():
+    shapes = ATTRIBUTE_GROUPS["shape"]
+    a, b = shapes[0], shapes[1]
+    one = [{"objects": [{"shape": a}]}, {"objects": [{"shape": a}]}, {"objects": [{"shape": b}]},
+           {"objects": [{"shape": a}, {"shape": b}]}]          # two objects: not counted
+    preds = np.array([shapes.index(a), shapes.index(b), shapes.index(b), shapes.index(a)])
+    got = accuracy_by_value(preds, one, "shape")
+    assert got == {a: {"clips": 2, "accuracy": 0.5}, b: {"clips": 1, "accuracy": 1.0}}
+    with pytest.raises(ValueError, match="position"):
+        accuracy_by_value(preds, one, "position")

@@ -75,6 +75,9 @@ def test_fidelity_conditions(small_session, tiny_zoo):
         assert all(0.0 <= v <= 1.0 for v in probe.values())
         assert set(out[cond]["clip_zero_shot"]) == {"background", "colour", "shape",
                                                     "position"}
+        by = out[cond]["probe_by_shape"]
+        assert sum(v["clips"] for v in by.values()) <= 4
+        assert all(0.0 <= v["accuracy"] <= 1.0 for v in by.values())
     assert out["clips"] == 4
 
 

@@ -96,11 +96,15 @@ def render_clips(cvr: CVR, inputs: RenderInputs, settings: CVRSettings | None = 
 
 def fidelity(rendered: np.ndarray, records: list[dict[str, Any]], probe, clip_model=None
              ) -> dict[str, Any]:
-    """Attribute accuracy of rendered clips: the probe's (all five attributes) and, with a
-    ``clip_model``, the toy CLIP's zero-shot (background, colour, shape, position)."""
-    from .fidelity import clip_zero_shot, probe_accuracy
+    """Attribute accuracy of rendered clips: the probe's (all five attributes; and its shape
+    accuracy per shape, over single-object clips) and, with a ``clip_model``, the toy CLIP's
+    zero-shot (background, colour, shape, position)."""
+    from .fidelity import accuracy_by_value, clip_zero_shot, probe_accuracy, probe_predictions
 
-    out: dict[str, Any] = {"probe": probe_accuracy(probe, rendered, records)}
+    preds = probe_predictions(probe, rendered)
+    out: dict[str, Any] = {"probe": probe_accuracy(probe, rendered, records, preds),
+                           "probe_by_shape": accuracy_by_value(preds["shape"], records,
+                                                               "shape")}
     if clip_model is not None:
         out["clip_zero_shot"] = clip_zero_shot(clip_model, rendered, records)
     return out

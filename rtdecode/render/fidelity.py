@@ -216,20 +216,45 @@ def load_probe(path: str | Path) -> AttributeProbe:
 
 
 @torch.no_grad()
-def probe_accuracy(probe: AttributeProbe, clips: np.ndarray, records: list[dict[str, Any]]
-                   ) -> dict[str, float]:
-    """Fraction of clips whose attribute the probe names as one the clip's objects have."""
-    if len(clips) != len(records):
-        raise ValueError(f"{len(clips)} clips but {len(records)} records")
-    y = label_sets(records)
+def probe_predictions(probe: AttributeProbe, clips: np.ndarray) -> dict[str, np.ndarray]:
+    """The probe's class index per clip, per attribute."""
     preds: dict[str, list[np.ndarray]] = {a: [] for a in ATTRIBUTES}
     probe.eval()
     for i in range(0, len(clips), 128):
         out = probe(_inputs(clips[i:i + 128]))
         for a in ATTRIBUTES:
             preds[a].append(out[a].argmax(dim=1).numpy())
-    return {a: float(np.mean(y[a][np.arange(len(records)), np.concatenate(preds[a])] > 0))
+    return {a: np.concatenate(p) for a, p in preds.items()}
+
+
+def probe_accuracy(probe: AttributeProbe, clips: np.ndarray, records: list[dict[str, Any]],
+                   preds: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Fraction of clips whose attribute the probe names as one the clip's objects have
+    (``preds``: :func:`probe_predictions` of these clips, if already computed)."""
+    if len(clips) != len(records):
+        raise ValueError(f"{len(clips)} clips but {len(records)} records")
+    y = label_sets(records)
+    preds = probe_predictions(probe, clips) if preds is None else preds
+    return {a: float(np.mean(y[a][np.arange(len(records)), preds[a]] > 0))
             for a in ATTRIBUTES}
+
+
+def accuracy_by_value(preds: np.ndarray, records: list[dict[str, Any]], attribute: str
+                      ) -> dict[str, dict[str, float]]:
+    """Per value of an object attribute (shape, colour, motion), over the single-object clips
+    that have it: ``{value: {"clips": n, "accuracy": fraction named right}}`` — which values
+    a condition loses (e.g. the shapes the VAE's latents drop)."""
+    if attribute not in ("shape", "colour", "motion"):
+        raise ValueError(f"attribute {attribute!r}: want shape, colour or motion")
+    vocab = ATTRIBUTE_GROUPS[attribute]
+    hits: dict[str, list[bool]] = {}
+    for p, r in zip(preds, records):
+        objects = r.get("objects") or []
+        if len(objects) == 1:
+            value = objects[0][attribute]
+            hits.setdefault(value, []).append(vocab[int(p)] == value)
+    return {v: {"clips": len(hits[v]), "accuracy": round(float(np.mean(hits[v])), 4)}
+            for v in vocab if v in hits}
 
 
 def clip_zero_shot(clip, clips: np.ndarray, records: list[dict[str, Any]]
