@@ -156,8 +156,7 @@ def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = 
                      "seconds_p50": round(float(np.median(secs)), 4),
                      "seconds_max": round(float(secs.max()), 4),
                      "steps": s.steps, "scheduler": s.scheduler, "guidance": s.guidance,
-                     "anchor_guidance": s.guidance if s.anchor_guidance is None
-                     else s.anchor_guidance,
+                     "anchor_guidance": s.stage2_guidance,
                      "motion_module_fraction": s.motion_module_fraction,
                      "unet_evals_per_clip": r.unet_evals / len(secs),
                      "stage_seconds": r.stage_seconds,

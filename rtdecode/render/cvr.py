@@ -82,6 +82,11 @@ class CVRSettings:
             raise ValueError(f"motion_module_fraction {self.motion_module_fraction}: want "
                              "0 < fraction <= 1")
 
+    @property
+    def stage2_guidance(self) -> float:
+        """Stage 2's guidance scale: ``anchor_guidance``, or ``guidance`` when it is None."""
+        return self.guidance if self.anchor_guidance is None else self.anchor_guidance
+
     def motion_module_steps(self, video_steps: int) -> int:
         """How many of stage 3's ``video_steps`` run the motion module (the first ones)."""
         if not self.use_motion_module:
@@ -371,7 +376,7 @@ class CVR:
                 z = noise * sched.init_noise_sigma
             for t in ts:
                 zin = sched.scale_model_input(z, t)
-                z = sched.step(self._eps(self.unet, zin, t, c2, None, s.anchor_guidance), t,
+                z = sched.step(self._eps(self.unet, zin, t, c2, None, s.stage2_guidance), t,
                                z).prev_sample
                 evals += 1
             latent = z
