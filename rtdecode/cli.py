@@ -1241,6 +1241,12 @@ def train_probe_cmd(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/probe"),
     steps: Annotated[int, typer.Option(help="Training steps.")] = 3000,
     width: Annotated[int, typer.Option(help="Channels of the probe's first layer.")] = 16,
+    max_blur: Annotated[float, typer.Option(
+        help="Blur every training example by a Gaussian of sigma ~ U(0, this) pixels, so "
+             "soft edges and rounded corners are not read as other shapes (0: crisp frames "
+             "only).")] = 1.5,
+    max_noise: Annotated[float, typer.Option(
+        help="Add pixel noise of std ~ U(0, this) (frames in [-1, 1]).")] = 0.05,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
 ) -> None:
     """Train the attribute probe (two small CNNs on a clip's true frames) that
@@ -1254,7 +1260,8 @@ def train_probe_cmd(
     torch.set_num_threads(threads)
     try:
         frames, records = load_stimuli(data)
-        probe = train_probe(frames, records, out, steps=steps, width=width)
+        probe = train_probe(frames, records, out, steps=steps, width=width,
+                            max_blur=max_blur, max_noise=max_noise)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     test = [r for r in records if r["split"] == "test"]
@@ -1592,8 +1599,9 @@ def fidelity_cmd(
     data: Annotated[Path | None, typer.Option(help="Session (default: the study config's, "
                                                    "simulated if absent).")] = None,
     clips: Annotated[int, typer.Option(help="Test clips per condition.")] = 60,
-    conditions: Annotated[str, typer.Option(help="Comma-separated: true_frames, vae, truth, "
-                                                 "text_only, motion_frames, decoded, "
+    conditions: Annotated[str, typer.Option(help="Comma-separated: true_frames, blurred "
+                                                 "(true frames, Gaussian blur of 1 px), vae, "
+                                                 "truth, text_only, motion_frames, decoded, "
                                                  "decoded_captions (SAD + true latents), "
                                                  "decoded_latents (true captions + MAD).")
                           ] = "true_frames,vae,truth,text_only,motion_frames,decoded",
@@ -1611,6 +1619,8 @@ def fidelity_cmd(
     motion_module_fraction: Annotated[float, typer.Option(
         help="Stage 3: share of its steps (the first ones) that run the motion module "
              "(1 = every step).")] = 0.5,
+    probe: Annotated[Path | None, typer.Option(help="Attribute probe folder (default: "
+                                                    "ZOO/probe).")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
@@ -1631,9 +1641,9 @@ def fidelity_cmd(
         root = data or Path(cfg.data.root)
         if data is None:
             _ensure_session(cfg, root)
-        probe = load_probe(zoo / "probe")
+        classifier = load_probe(probe if probe is not None else zoo / "probe")
         if curve is not None:
-            rows = fidelity_curve(curve, zoo, root, cfg, probe, curve, n_clips=clips)
+            rows = fidelity_curve(curve, zoo, root, cfg, classifier, curve, n_clips=clips)
             typer.echo(json.dumps(rows, indent=2) if as_json else
                        f"wrote {curve / 'curve.csv'} and {curve / 'curve.png'} "
                        f"({len(rows)} snapshots)")
@@ -1642,7 +1652,7 @@ def fidelity_cmd(
         settings = CVRSettings(steps=steps, guidance=guidance, anchor_guidance=anchor_guidance,
                                anchor_strength=anchor_strength, video_strength=video_strength,
                                motion_module_fraction=motion_module_fraction)
-        result = fidelity_report(zoo, root, cfg, probe, n_clips=clips, conditions=conds,
+        result = fidelity_report(zoo, root, cfg, classifier, n_clips=clips, conditions=conds,
                                  settings=settings, progress=not as_json)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

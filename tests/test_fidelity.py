@@ -12,6 +12,8 @@ from rtdecode.render.fidelity import (
     ATTRIBUTES,
     AttributeProbe,
     accuracy_by_value,
+    blur,
+    blur_frames,
     flip_permutation,
     label_sets,
     load_probe,
@@ -105,3 +107,43 @@ def test_accuracy_by_value_counts_single_object_clips():
     assert got == {a: {"clips": 2, "accuracy": 0.5}, b: {"clips": 1, "accuracy": 1.0}}
     with pytest.raises(ValueError, match="position"):
         accuracy_by_value(preds, one, "position")
+
+
+def test_blur_spreads_a_point_and_keeps_its_mass():
+    x = torch.zeros(1, 3, 21, 21)
+    x[0, :, 10, 10] = 1.0
+    assert torch.equal(blur(x, 0.0), x)
+    y = blur(x, 1.0)
+    assert y.shape == x.shape
+    assert y[0, 0, 10, 10] < 0.25 and y[0, 0, 10, 11] > 0.05     # spread to the neighbours
+    assert torch.allclose(y.sum(dim=(2, 3)), torch.ones(1, 3), atol=1e-4)
+    assert blur(x, 2.0)[0, 0, 10, 10] < y[0, 0, 10, 10]           # wider, flatter
+    with pytest.raises(ValueError, match="-1"):
+        blur(x, -1.0)
+
+
+def test_blur_frames_is_uint8_in_uint8_out():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)
+    out = blur_frames(frames, 1.0)
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    assert out.std() < frames.std()                               # smoother
+    assert np.array_equal(blur_frames(frames, 0.0), frames)
+    with pytest.raises(ValueError, match="float"):
+        blur_frames(frames.astype(np.float32), 1.0)
+
+
+def test_probe_augmentation_is_recorded_and_changes_training(small_session, tmp_path):
+    frames, records = load_stimuli(small_session)
+    kw = dict(steps=3, batch_size=4, width=4, progress=False)
+    plain = train_probe(frames, records, tmp_path / "a", **kw)
+    again = train_probe(frames, records, tmp_path / "b", **kw)
+    aug = train_probe(frames, records, tmp_path / "c", max_blur=1.5, max_noise=0.05, **kw)
+    same = [torch.equal(p, q) for p, q in zip(plain.parameters(), again.parameters())]
+    assert all(same)                                              # deterministic per seed
+    assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), aug.parameters()))
+    meta = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert meta["augment"] == {"max_blur": 1.5, "max_noise": 0.05}
+    load_probe(tmp_path / "c")                                    # same format, loads
+    with pytest.raises(ValueError, match="max_blur"):
+        train_probe(frames, records, tmp_path / "d", max_blur=float("nan"), **kw)

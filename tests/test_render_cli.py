@@ -64,8 +64,8 @@ def test_render_writes_the_side_by_side_video(small_session, tiny_zoo, tmp_path)
 
 
 def test_fidelity_conditions(small_session, tiny_zoo):
-    conds = ("true_frames", "vae", "truth", "text_only", "motion_frames", "decoded",
-             "decoded_captions", "decoded_latents")
+    conds = ("true_frames", "blurred", "vae", "truth", "text_only", "motion_frames",
+             "decoded", "decoded_captions", "decoded_latents")
     out = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
               "4", "--conditions", ",".join(conds))
     assert set(out) == {*conds, "clips"}
@@ -79,6 +79,10 @@ def test_fidelity_conditions(small_session, tiny_zoo):
         assert sum(v["clips"] for v in by.values()) <= 4
         assert all(0.0 <= v["accuracy"] <= 1.0 for v in by.values())
     assert out["clips"] == 4
+    # --probe names the probe folder: the zoo's own, named, scores the same
+    again = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
+                "4", "--conditions", "true_frames", "--probe", str(tiny_zoo / "probe"))
+    assert again["true_frames"] == out["true_frames"]
 
 
 def test_fusion_calibration_separates_scenes(small_session, tiny_zoo, tmp_path):
@@ -98,6 +102,10 @@ def test_bad_inputs_are_clear_errors(small_session, tiny_zoo):
     res = CliRunner().invoke(app, ["fidelity", "--zoo", str(tiny_zoo / "nowhere"), "--data",
                                    str(small_session), "--config", str(DEFAULT_CONFIG)])
     assert res.exit_code != 0 and "probe" in res.output
+    res = CliRunner().invoke(app, ["fidelity", "--zoo", str(tiny_zoo), "--data",
+                                   str(small_session), "--config", str(DEFAULT_CONFIG),
+                                   "--probe", str(tiny_zoo / "no_probe_here")])
+    assert res.exit_code != 0 and "no_probe_here" in res.output
     res = CliRunner().invoke(app, ["fidelity", "--zoo", str(tiny_zoo), "--data",
                                    str(small_session), "--config", str(DEFAULT_CONFIG),
                                    "--anchor-strength", "1.5"])

@@ -18,6 +18,10 @@ import numpy as np
 
 from .cvr import CVR, CVRSettings
 
+#: the ``blurred`` fidelity condition's Gaussian blur (pixels): about as soft as a render's
+#: edges, every shape still plain to the eye
+BLURRED_SIGMA = 1.0
+
 
 @dataclass
 class RenderInputs:
@@ -116,7 +120,9 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
                     settings: CVRSettings | None = None, unet_weights=None,
                     progress: bool = False) -> dict[str, Any]:
     """Attribute accuracy (probe and toy CLIP) of the first ``n_clips`` test clips per
-    condition: ``true_frames`` (the classifiers' ceiling), ``vae`` (true frames through the toy
+    condition: ``true_frames`` (the classifiers' ceiling), ``blurred`` (the true frames under
+    a Gaussian blur of :data:`BLURRED_SIGMA` pixels: whether a classifier takes soft edges for
+    other shapes; the shapes stay plain to the eye), ``vae`` (true frames through the toy
     VAE), ``truth`` (rendered from true caption tokens and true latents), ``text_only`` (from
     true caption tokens alone: the UNet's own fidelity), ``motion_frames`` (MAD's decoded
     latents through the VAE decoder: CVR's stage 1 alone, no UNet), ``decoded`` (SAD + MAD
@@ -130,6 +136,7 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
     from ..zoo.clip import load_toy_clip
     from ..zoo.unet import load_unet
     from .bench import load_inputs
+    from .fidelity import blur_frames
 
     zoo = Path(zoo)
     cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
@@ -146,6 +153,8 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
     for cond in conditions:
         if cond == "true_frames":
             clips = truth_clips
+        elif cond == "blurred":
+            clips = blur_frames(truth_clips, BLURRED_SIGMA)
         elif cond == "vae":
             shape = truth_clips.shape
             clips = cvr.vae.decode(cvr.vae.encode(truth_clips.reshape(-1, *shape[2:])))
@@ -176,8 +185,8 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
                 clips = cvr.vae.decode(z.reshape(-1, *z.shape[2:]))
                 clips = clips.reshape(*z.shape[:2], *clips.shape[1:])
         else:
-            raise ValueError(f"condition {cond!r}: want one of true_frames, vae, truth, "
-                             "text_only, motion_frames, decoded, decoded_captions, "
+            raise ValueError(f"condition {cond!r}: want one of true_frames, blurred, vae, "
+                             "truth, text_only, motion_frames, decoded, decoded_captions, "
                              "decoded_latents")
         out[cond] = fidelity(clips, records, probe, clip_model)
     out["clips"] = len(records)

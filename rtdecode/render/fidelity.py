@@ -20,6 +20,7 @@ Both report the fraction of clips whose attribute is classified as the simulator
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +149,61 @@ def label_sets(records: list[dict[str, Any]], frame_size: int = 64) -> dict[str,
     return out
 
 
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of images ``(..., C, H, W)`` with standard deviation ``sigma`` pixels
+    (torchvision's; the kernel spans ±3 sigma). ``sigma`` <= 0.05 returns ``x`` unchanged."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma {sigma!r}: want a finite value >= 0")
+    if sigma <= 0.05:
+        return x
+    k = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+def blur_frames(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """uint8 frames ``(..., H, W, 3)`` blurred by :func:`blur` (``sigma`` pixels)."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim < 3 or frames.shape[-1] != 3:
+        raise ValueError(f"frames {frames.dtype} {frames.shape}: want uint8 (..., H, W, 3)")
+    x = torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float()
+    y = blur(x.reshape(-1, *x.shape[-3:]), sigma).reshape(x.shape)
+    return y.round().clamp(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def _degrade(x: torch.Tensor, rng: np.random.Generator, max_blur: float, max_noise: float
+             ) -> torch.Tensor:
+    """Each example of ``x`` ``(B, ..., 3, H, W)`` in [-1, 1] blurred by a sigma drawn from
+    U(0, max_blur) and given pixel noise of a std drawn from U(0, max_noise): the losses of a
+    rendered frame (soft edges, rounded corners, grain) that leave what it shows unchanged."""
+    if max_blur <= 0 and max_noise <= 0:
+        return x
+    out = torch.empty_like(x)
+    sigmas = rng.uniform(0, max_blur, len(x)) if max_blur > 0 else np.zeros(len(x))
+    stds = rng.uniform(0, max_noise, len(x)) if max_noise > 0 else np.zeros(len(x))
+    noise = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32))
+    for i in range(len(x)):
+        out[i] = blur(x[i], float(sigmas[i])) + float(stds[i]) * noise[i]
+    return out
+
+
 def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str | Path, *,
                 steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                width: int = 16, progress: bool = True) -> AttributeProbe:
+                width: int = 16, max_blur: float = 0.0, max_noise: float = 0.0,
+                progress: bool = True) -> AttributeProbe:
     """Train the probe on the training clips' true frames (the test clips are never seen).
 
     Each step: the *what* stack on one random frame per clip, under one of the eight flips and
     quarter turns; the *where* stack on whole clips, mirrored left-right and top-bottom at
-    random with the position and motion labels mirrored to match."""
+    random with the position and motion labels mirrored to match. With ``max_blur`` /
+    ``max_noise`` > 0 every example is also blurred (sigma ~ U(0, max_blur) pixels) and given
+    pixel noise (std ~ U(0, max_noise), frames in [-1, 1]): a probe trained on crisp frames
+    alone reads a slightly rounded triangle as a square, so it would score a renderer's
+    soft edges as wrong shapes."""
+    for name, v in (("max_blur", max_blur), ("max_noise", max_noise)):
+        if not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"{name} {v!r}: want a finite value >= 0")
     torch.manual_seed(seed)
     train = np.array([r["clip_id"] for r in records if r["split"] == "train"])
     if len(train) < 2:
@@ -177,6 +225,7 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
         one = torch.rot90(one, int(rng.integers(4)), dims=(2, 3))
         if rng.random() < 0.5:
             one = one.flip(3)
+        one, x = _degrade(one, rng, max_blur, max_noise), _degrade(x, rng, max_blur, max_noise)
         target = {a: y[a][ids] for a in ATTRIBUTES}
         for horizontal, dim in ((True, 4), (False, 3)):
             if rng.random() < 0.5:
@@ -196,7 +245,8 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
               str(out_path / PROBE_FILE), metadata={"format": FORMAT})
     (out_path / "config.json").write_text(json.dumps(
         {"format": FORMAT, "width": model.width, "image_size": model.image_size,
-         "frames": model.frames, "attributes": list(ATTRIBUTES), "steps": steps, "seed": seed},
+         "frames": model.frames, "attributes": list(ATTRIBUTES), "steps": steps, "seed": seed,
+         "augment": {"max_blur": max_blur, "max_noise": max_noise}},
         indent=2) + "\n")
     return model
 
