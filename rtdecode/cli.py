@@ -1244,9 +1244,9 @@ def train_probe_cmd(
     max_blur: Annotated[float, typer.Option(
         help="Blur every training example by a Gaussian of sigma ~ U(0, this) pixels, so "
              "soft edges and rounded corners are not read as other shapes (0: crisp frames "
-             "only).")] = 1.5,
+             "only; the shipped probe).")] = 0.0,
     max_noise: Annotated[float, typer.Option(
-        help="Add pixel noise of std ~ U(0, this) (frames in [-1, 1]).")] = 0.05,
+        help="Add pixel noise of std ~ U(0, this) (frames in [-1, 1]).")] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
 ) -> None:
     """Train the attribute probe (two small CNNs on a clip's true frames) that
