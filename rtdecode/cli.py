@@ -1167,6 +1167,11 @@ def train_unet_cmd(
     object_weight: Annotated[float, typer.Option(help="Extra training-loss weight on the "
                                                       "latent cells the objects cover.")
                              ] = 0.0,
+    low_t_fraction: Annotated[float, typer.Option(
+        help="Share of each batch trained at low noise (timesteps below --low-t-max) instead "
+             "of over the whole range: the steps that draw the objects' final outlines.")
+                              ] = 0.0,
+    low_t_max: Annotated[int, typer.Option(help="The low-noise timesteps' bound.")] = 300,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -1181,6 +1186,7 @@ def train_unet_cmd(
     try:
         cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, schedule=schedule,
                                   object_weight=object_weight,
+                                  low_t_fraction=low_t_fraction, low_t_max=low_t_max,
                                   **({"lr": lr} if lr is not None else {}))
     except ValueError as exc:
         _fail(str(exc))

@@ -148,3 +148,26 @@ def test_object_weighted_loss(render_data, tmp_path):
     assert any(not torch.allclose(plain[k], weighted[k], atol=1e-5) for k in plain)
     with pytest.raises(ValueError, match="object_weight -1"):
         ToyUNetConfig(object_weight=-1.0)
+
+
+def test_low_timestep_share(render_data):
+    """``low_t_fraction`` draws that share of a batch's timesteps below ``low_t_max``; at 0 the
+    batch is exactly the uniform one (no extra draws), and bad values are refused."""
+    sched = noise_scheduler(CFG.schedule)
+    big = dataclasses.replace(CFG, batch_size=400)
+
+    def timesteps(cfg):
+        return _batch(render_data, render_data.train_ids, cfg, np.random.default_rng(5), False,
+                      sched)[1].numpy()
+
+    uniform = timesteps(big)
+    assert np.array_equal(timesteps(dataclasses.replace(big, low_t_max=10)), uniform)
+    assert (uniform < 100).mean() < 0.25
+    assert timesteps(dataclasses.replace(big, low_t_fraction=1.0, low_t_max=100)).max() < 100
+    half = timesteps(dataclasses.replace(big, low_t_fraction=0.5, low_t_max=100))
+    assert 0.45 < (half < 100).mean() < 0.65          # half low, plus the uniform draws' 10 %
+    assert half.max() >= 500                          # the rest still spans the range
+    with pytest.raises(ValueError, match="low_t_fraction 1.5"):
+        ToyUNetConfig(low_t_fraction=1.5)
+    with pytest.raises(ValueError, match="low_t_max 0"):
+        ToyUNetConfig(low_t_max=0)

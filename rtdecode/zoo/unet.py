@@ -95,12 +95,22 @@ class ToyUNetConfig:
     # fill a few percent of a frame, so plain MSE is mostly about the background; the
     # validation loss stays plain MSE, comparable across runs
     object_weight: float = 0.0
+    # share of each batch whose timesteps are drawn from [0, low_t_max) instead of the whole
+    # range (0: uniform). Few-step sampling ends every render with one step from t = 249 (4
+    # trailing steps), so what the UNet predicts there sets the objects' final outlines
+    low_t_fraction: float = 0.0
+    low_t_max: int = 300
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: want one of {sorted(SCHEDULES)}")
         if not (self.object_weight >= 0 and math.isfinite(self.object_weight)):
             raise ValueError(f"object_weight {self.object_weight!r}: want a finite value >= 0")
+        if not 0.0 <= self.low_t_fraction <= 1.0:
+            raise ValueError(f"low_t_fraction {self.low_t_fraction!r}: want 0..1")
+        n_train = SCHEDULES[self.schedule]["num_train_timesteps"]
+        if not 1 <= self.low_t_max <= n_train:
+            raise ValueError(f"low_t_max {self.low_t_max!r}: want 1..{n_train}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -300,7 +310,11 @@ def _batch(data: RenderData, ids: np.ndarray, cfg: ToyUNetConfig, rng: np.random
     cond = torch.from_numpy(data.cond[clips])
     drop = torch.from_numpy(rng.random(len(clips)) < cfg.cond_dropout)
     cond = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
-    t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, len(clips)))
+    t = rng.integers(0, sched.config.num_train_timesteps, len(clips))
+    if cfg.low_t_fraction > 0:  # drawn only then: a uniform run's batches stay as they were
+        low = rng.random(len(clips)) < cfg.low_t_fraction
+        t = np.where(low, rng.integers(0, cfg.low_t_max, len(clips)), t)
+    t = torch.from_numpy(t)
     noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
     zt = sched.add_noise(z0, noise, t)
     if sched.config.prediction_type == "v_prediction":
@@ -417,7 +431,7 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
 
     val_rng = np.random.default_rng([cfg.seed, 9])
     val_cfg = dataclasses.replace(cfg, batch_size=cfg.val_size if not video else cfg.val_size // 8,
-                                  cond_dropout=0.0)
+                                  cond_dropout=0.0, low_t_fraction=0.0)  # uniform t: comparable
     val_batch = _batch(data, data.val_ids, val_cfg, val_rng, video, sched)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
 
