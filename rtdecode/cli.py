@@ -1172,6 +1172,9 @@ def train_unet_cmd(
              "of over the whole range: the steps that draw the objects' final outlines.")
                               ] = 0.0,
     low_t_max: Annotated[int, typer.Option(help="The low-noise timesteps' bound.")] = 300,
+    distill_guidance: Annotated[float, typer.Option(
+        help="Guidance distillation: fine-tune the --init UNet to predict in one pass what it "
+             "predicts with classifier-free guidance of this scale (0: off).")] = 0.0,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -1187,6 +1190,7 @@ def train_unet_cmd(
         cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, schedule=schedule,
                                   object_weight=object_weight,
                                   low_t_fraction=low_t_fraction, low_t_max=low_t_max,
+                                  distill_guidance=distill_guidance,
                                   **({"lr": lr} if lr is not None else {}))
     except ValueError as exc:
         _fail(str(exc))

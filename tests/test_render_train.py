@@ -17,6 +17,7 @@ from rtdecode.zoo.unet import (
     _batch,
     build_motion_adapter,
     build_unet,
+    guided_prediction,
     latent_object_weights,
     load_motion_adapter,
     load_unet,
@@ -171,3 +172,29 @@ def test_low_timestep_share(render_data):
         ToyUNetConfig(low_t_fraction=1.5)
     with pytest.raises(ValueError, match="low_t_max 0"):
         ToyUNetConfig(low_t_max=0)
+
+
+def test_guidance_distillation_trains_on_the_guided_teacher(render_data, unet_dir, tmp_path):
+    """The distilled UNet's first training loss is its (the teacher's) single pass against the
+    teacher's guided prediction on that step's batch; the target is CFG as CVR samples it; a
+    teacher is required and the scale must be > 1."""
+    cfg = dataclasses.replace(CFG, steps=1, distill_guidance=4.0, cond_dropout=0.0)
+    out = train_render_model("unet", render_data, tmp_path / "d", cfg, init_dir=unet_dir,
+                             progress=False, threads=1, resume=False)
+    teacher = load_unet(unet_dir)
+    sched = noise_scheduler(cfg.schedule)
+    zt, t, cond, _, _ = _batch(render_data, render_data.train_ids, cfg,
+                               np.random.default_rng([cfg.seed, 1, 0]), False, sched)
+    target = guided_prediction(teacher, zt, t, cond, 4.0)
+    with torch.no_grad():
+        c = teacher(zt, t, encoder_hidden_states=cond).sample
+        u = teacher(zt, t, encoder_hidden_states=torch.zeros_like(cond)).sample
+    torch.testing.assert_close(target, u + 4.0 * (c - u), rtol=1e-4, atol=1e-5)
+    first_loss = float((out / "loss.csv").read_text().splitlines()[1].split(",")[1])
+    assert first_loss == pytest.approx(float(((c - target) ** 2).mean()), rel=1e-3)
+    assert render_meta(out, "unet")["metrics"]["distilled_guidance"] == 4.0
+    with pytest.raises(ValueError, match="teacher"):
+        train_render_model("unet", render_data, tmp_path / "e", cfg, progress=False,
+                           resume=False)
+    with pytest.raises(ValueError, match="distill_guidance 0.5"):
+        ToyUNetConfig(distill_guidance=0.5)

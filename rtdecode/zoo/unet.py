@@ -100,6 +100,10 @@ class ToyUNetConfig:
     # trailing steps), so what the UNet predicts there sets the objects' final outlines
     low_t_fraction: float = 0.0
     low_t_max: int = 300
+    # guidance distillation (0: off): fine-tune a UNet (``init_dir``, kept frozen as the
+    # teacher) to predict in one pass what the teacher predicts with classifier-free guidance
+    # of this scale, ``uncond + w (cond - uncond)``: guided frames at unguided cost
+    distill_guidance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -108,6 +112,10 @@ class ToyUNetConfig:
             raise ValueError(f"object_weight {self.object_weight!r}: want a finite value >= 0")
         if not 0.0 <= self.low_t_fraction <= 1.0:
             raise ValueError(f"low_t_fraction {self.low_t_fraction!r}: want 0..1")
+        if not (self.distill_guidance == 0 or (self.distill_guidance > 1
+                                                 and math.isfinite(self.distill_guidance))):
+            raise ValueError(f"distill_guidance {self.distill_guidance!r}: want 0 (off) or a "
+                             "guidance scale > 1")
         n_train = SCHEDULES[self.schedule]["num_train_timesteps"]
         if not 1 <= self.low_t_max <= n_train:
             raise ValueError(f"low_t_max {self.low_t_max!r}: want 1..{n_train}")
@@ -355,6 +363,22 @@ def plot_loss(csv_path: str | Path, png_path: str | Path, title: str) -> None:
     plt.close(fig)
 
 
+@torch.no_grad()
+def guided_prediction(unet, zt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                      scale: float, chunk: int = 32) -> torch.Tensor:
+    """``unet``'s classifier-free-guided prediction ``uncond + scale (cond - uncond)`` (the
+    unconditional pass on zeroed conditions, as CVR samples it): guidance distillation's
+    target."""
+    out = []
+    for i in range(0, len(zt), chunk):
+        z, tt, c = zt[i:i + chunk], t[i:i + chunk], cond[i:i + chunk]
+        both = unet(torch.cat([z, z]), torch.cat([tt, tt]),
+                    encoder_hidden_states=torch.cat([torch.zeros_like(c), c])).sample
+        u, v = both.chunk(2)
+        out.append(u + scale * (v - u))
+    return torch.cat(out)
+
+
 def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: ToyUNetConfig, *,
                        unet_dir: str | Path | None = None, init_dir: str | Path | None = None,
                        progress: bool = True, resume: bool = True,
@@ -406,6 +430,12 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
             model.load_state_dict(start.state_dict())
         params = list(model.parameters())
         trained = model
+    teacher = None
+    if cfg.distill_guidance > 0:
+        if video or init_dir is None:
+            raise ValueError("distill_guidance: distils a trained UNet (init_dir, the "
+                             "teacher) into a UNet")
+        teacher = load_unet(init_dir).eval().requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
 
     step, elapsed, rows, metrics = 0, 0.0, [], {}
@@ -433,6 +463,12 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
     val_cfg = dataclasses.replace(cfg, batch_size=cfg.val_size if not video else cfg.val_size // 8,
                                   cond_dropout=0.0, low_t_fraction=0.0)  # uniform t: comparable
     val_batch = _batch(data, data.val_ids, val_cfg, val_rng, video, sched)
+
+    def guided(zt, t, cond):
+        return guided_prediction(teacher, zt, t, cond, cfg.distill_guidance)
+
+    if teacher is not None:  # validation then measures the distillation
+        val_batch = (*val_batch[:3], guided(*val_batch[:3]), val_batch[4])
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
 
     def forward(zt, t, cond):
@@ -459,6 +495,8 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
                    "train_seconds": round(elapsed, 1)}
         if init is not None:
             metrics["init"] = init
+        if teacher is not None:
+            metrics["distilled_guidance"] = cfg.distill_guidance  # val_loss: to its target
         save_render_model(kind, trained, cfg, out, cond_shape=(data.cond.shape[1], width),
                           latent_shape=(c, h, h), metrics=metrics)
         if snapshot:
@@ -485,6 +523,8 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
         t0 = time.monotonic()
         rng = np.random.default_rng([cfg.seed, 2 if video else 1, step])
         zt, t, cond, target, w = _batch(data, data.train_ids, cfg, rng, video, sched)
+        if teacher is not None:
+            target = guided(zt, t, cond)
         lr = _lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
