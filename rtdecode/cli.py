@@ -802,6 +802,9 @@ def bench_render_cmd(
                                                         "--guidance's; 1 with --guidance 3: "
                                                         "the video stage guided alone).")
                                ] = 0.0,
+    distilled: Annotated[bool, typer.Option(
+        "--distilled/--no-distilled", help="Our stage 3 on the zoo's guidance-distilled UNet "
+                                           "(unet_guided/), when it has one.")] = True,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     sequential: Annotated[bool, typer.Option(
         "--sequential", help="Time all of ours, then all of NeuroClips' (default: they take "
@@ -826,7 +829,8 @@ def bench_render_cmd(
             _ensure_session(cfg, root)
         result = bench_render(zoo, root, cfg, n_clips=clips, inputs=inputs, threads=threads,
                               settings=CVRSettings(steps=steps, guidance=guidance,
-                                                   anchor_guidance=anchor_guidance or None),
+                                                   anchor_guidance=anchor_guidance or None,
+                                                   distilled_video=distilled),
                               progress=not as_json,
                               interleave=not sequential)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
@@ -836,7 +840,8 @@ def bench_render_cmd(
         return
     say(f"{result['clips']} clips x {result['frames_per_clip']} frames, inputs "
         f"{result['inputs']}, motion module {'on' if result['motion_module'] else 'off'}, "
-        f"{result['threads']} threads")
+        f"{result['threads']} threads; our video stage on the "
+        f"{'guidance-distilled' if result['ours']['distilled_video'] else 'plain'} UNet")
     say(f"{'settings':11} {'steps':>5} {'s/clip':>7} {'SSIM':>6} {'CLIP-PCC':>8} {'VIFI':>6}")
     for name in ("ours", "neuroclips"):
         r = result[name]

@@ -194,6 +194,8 @@ class RenderConfig:
     motion_module_fraction: float = param(0.5, gt=0.0, le=1.0,
                                           doc="stage 3: share of its steps (the first ones) "
                                               "that run the motion module (1 = every step)")
+    distilled_video: bool = param(True, doc="stage 3 on the zoo's guidance-distilled UNet "
+                                            "(unet_guided/) when it has one")
     fusion: bool = param(True, doc="multi-fMRI fusion: chain clips of one scene")
     fusion_threshold: float = param(-1.0, ge=-1.0, le=1.0,
                                     doc="keyframe similarity to chain (-1 = the zoo's "

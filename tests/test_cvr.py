@@ -287,3 +287,38 @@ def test_zero_snr_schedule_samples(parts, scheduler):
     sched = make_scheduler(scheduler, SCHEDULES["zero_snr"])
     sched.set_timesteps(4)
     assert int(sched.timesteps[0]) == 999
+
+
+def test_guided_unet_runs_stage_3_only(parts, tmp_path):
+    """With a guidance-distilled UNet, stage 3 (image and video UNet) runs it and stage 2 the
+    plain one; ``distilled_video=False`` (and NeuroClips' settings) render as without it;
+    ``from_zoo`` loads ``unet_guided/`` when the zoo has one."""
+    cfg, vae, unet, adapter = parts
+    torch.manual_seed(1)
+    guided = build_unet(cfg, 4, 16, WIDTH)
+    plain_cvr, cvr = make(parts), make(parts, guided_unet=guided)
+    sem, z = inputs()
+    a_plain, a_guided = plain_cvr.anchor(sem, z), cvr.anchor(sem, z)
+    np.testing.assert_array_equal(a_plain.frame, a_guided.frame)       # stage 2: plain UNet
+    out, ref = cvr(sem, z), plain_cvr(sem, z)
+    assert not np.array_equal(out.frames[1:], ref.frames[1:])         # stage 3: the guided
+    assert out.unet_evals == ref.unet_evals                            # one pass per step
+    off = CVRSettings(distilled_video=False)
+    np.testing.assert_array_equal(cvr(sem, z, settings=off).frames, ref.frames)
+    assert NEUROCLIPS.distilled_video is False
+    assert cvr.stage3_models()[0] is guided and cvr.stage3_models()[1] is not None
+    # from_zoo: unet_guided/ beside unet/
+    zoo = tmp_path / "zoo"
+    for name, model in (("unet", unet), ("unet_guided", guided), ("motion", adapter)):
+        save_render_model("motion" if name == "motion" else "unet", model, cfg, zoo / name,
+                          cond_shape=(3 * TOKENS, WIDTH), latent_shape=(4, 16, 16))
+    from rtdecode.zoo.vae import save_toy_vae
+
+    save_toy_vae(vae.model, ToyVAEConfig(block_out_channels=(8, 16, 16)), zoo / "vae",
+                 scaling_factor=1.0)
+    loaded = CVR.from_zoo(zoo)
+    assert loaded.guided_unet is not None and loaded.guided_video_unet is not None
+    import shutil
+
+    shutil.rmtree(zoo / "unet_guided")
+    assert CVR.from_zoo(zoo).guided_unet is None

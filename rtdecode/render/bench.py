@@ -157,6 +157,8 @@ def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = 
                      "seconds_max": round(float(secs.max()), 4),
                      "steps": s.steps, "scheduler": s.scheduler, "guidance": s.guidance,
                      "anchor_guidance": s.stage2_guidance,
+                     # stage 3 on the guidance-distilled UNet (CVR.guided_unet)?
+                     "distilled_video": bool(s.distilled_video and cvr.guided_unet is not None),
                      "motion_module_fraction": s.motion_module_fraction,
                      "unet_evals_per_clip": r.unet_evals / len(secs),
                      "stage_seconds": r.stage_seconds,

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 
 SCHEDULERS = ("dpm", "ddim", "euler")
+#: the zoo folder of the guidance-distilled UNet stage 3 runs (optional)
+GUIDED_DIR = "unet_guided"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class CVRSettings:
     tie_first_frame: bool = True
     use_motion_module: bool = True
     motion_module_fraction: float = 0.5
+    # stage 3 runs the guidance-distilled UNet when the renderer has one (``CVR.guided_unet``):
+    # the guided video at one pass per step. False: the plain UNet (explicit CFG if guidance)
+    distilled_video: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,7 +105,7 @@ class CVRSettings:
 #: AnimateDiff runs it), for the bench's comparison; the strengths are pinned to the ones every
 #: bench so far ran it with (20 of 25 steps for the keyframe, 15 for the video), not ours.
 NEUROCLIPS = CVRSettings(steps=25, scheduler="ddim", guidance=8.5, motion_module_fraction=1.0,
-                         anchor_strength=0.8, video_strength=0.6)
+                         anchor_strength=0.8, video_strength=0.6, distilled_video=False)
 
 
 class MotionFrames:
@@ -178,20 +183,29 @@ class CVR:
     """The renderer. ``vae`` is a :class:`~rtdecode.zoo.vae.ToyVAE` (or any object with
     ``encode``/``decode`` between uint8 frames and scaled latents), ``unet`` a diffusers
     ``UNet2DConditionModel``, ``motion_adapter`` a diffusers ``MotionAdapter`` or None (stage 3
-    then denoises the frames independently)."""
+    then denoises the frames independently). ``guided_unet``: optionally, ``unet``
+    distilled to predict its classifier-free-guided output in one pass (``rtdecode train unet
+    --distill-guidance``); stage 3 runs it (with the same motion module) when
+    ``settings.distilled_video``."""
 
     def __init__(self, vae, unet, motion_adapter=None, *, schedule: dict[str, Any],
                  levels: tuple[str, ...], n_tokens: int, cond_mode: str = "concat",
-                 settings: CVRSettings = CVRSettings(), threads: int | None = None):
+                 settings: CVRSettings = CVRSettings(), threads: int | None = None,
+                 guided_unet=None):
         if cond_mode not in ("concat", "per_stage"):
             raise ValueError(f"cond_mode {cond_mode!r}: want 'concat' or 'per_stage'")
         self.vae = vae
         self.unet = unet.eval()
-        self.video_unet = None
+        self.guided_unet = None if guided_unet is None else guided_unet.eval()
+        self.video_unet = self.guided_video_unet = None
         if motion_adapter is not None:
             from diffusers import UNetMotionModel
 
-            self.video_unet = UNetMotionModel.from_unet2d(unet, motion_adapter.eval()).eval()
+            adapter = motion_adapter.eval()
+            self.video_unet = UNetMotionModel.from_unet2d(unet, adapter).eval()
+            if guided_unet is not None:  # from_unet2d copies: the adapter serves both
+                self.guided_video_unet = UNetMotionModel.from_unet2d(guided_unet,
+                                                                     adapter).eval()
         self.schedule = dict(schedule)
         self.levels = tuple(levels)
         self.n_tokens = int(n_tokens)
@@ -204,7 +218,7 @@ class CVR:
     def from_zoo(cls, zoo: str | Path, *, settings: CVRSettings = CVRSettings(),
                  motion: bool = True, threads: int | None = None) -> CVR:
         """The toy zoo's renderer from a weights folder holding ``vae/``, ``unet/`` and
-        (optionally) ``motion/``."""
+        (optionally) ``motion/`` and the guidance-distilled ``unet_guided/``."""
         from ..zoo.unet import load_motion_adapter, load_unet, render_meta
         from ..zoo.vae import load_toy_vae
 
@@ -212,9 +226,11 @@ class CVR:
         meta = render_meta(zoo / "unet", "unet")
         adapter = load_motion_adapter(zoo / "motion") if motion and (zoo / "motion").exists() \
             else None
+        guided = load_unet(zoo / GUIDED_DIR) if (zoo / GUIDED_DIR).exists() else None
         return cls(load_toy_vae(zoo / "vae"), load_unet(zoo / "unet"), adapter,
                    schedule=meta["scheduler"], levels=tuple(meta["cond"]["levels"]),
-                   n_tokens=int(meta["cond"]["n_tokens"]), settings=settings, threads=threads)
+                   n_tokens=int(meta["cond"]["n_tokens"]), settings=settings, threads=threads,
+                   guided_unet=guided)
 
     @classmethod
     def from_config(cls, rc, default_zoo: str | Path) -> CVR:
@@ -223,7 +239,8 @@ class CVR:
                                anchor_guidance=rc.anchor_guidance or None,
                                anchor_strength=rc.anchor_strength,
                                video_strength=rc.video_strength,
-                               motion_module_fraction=rc.motion_module_fraction)
+                               motion_module_fraction=rc.motion_module_fraction,
+                               distilled_video=rc.distilled_video)
         threads = rc.threads or None
         if rc.weights == "sd15":
             missing = [k for k in ("sd15", "motion_adapter") if not getattr(rc, k)]
@@ -390,11 +407,12 @@ class CVR:
         anchor latent; with the tie, frame 0 of the clip is ``first`` (not decoded again). The
         first ``s.motion_module_steps`` steps run the video UNet, the rest the image UNet."""
         s = self.settings
+        unet, video_unet = self.stage3_models()
         n_frames = len(zm)
         sched = make_scheduler(s.scheduler, self.schedule)
         ts, _ = self._timesteps(sched, s.video_strength)
         noise = torch.randn(zm.shape, generator=gen)
-        n_video = s.motion_module_steps(len(ts)) if self.video_unet is not None else 0
+        n_video = s.motion_module_steps(len(ts)) if video_unet is not None else 0
         z = sched.add_noise(zm, noise, ts[:1])                          # (T, C, h, w)
         tie_noise = noise[:1]
         evals = 0
@@ -404,9 +422,9 @@ class CVR:
             zin = sched.scale_model_input(z, t)
             if i < n_video:
                 x = zin.permute(1, 0, 2, 3)[None]                       # (1, C, T, h, w)
-                eps = self._eps(self.video_unet, x, t, c3, n_frames)[0].permute(1, 0, 2, 3)
+                eps = self._eps(video_unet, x, t, c3, n_frames)[0].permute(1, 0, 2, 3)
             else:
-                eps = self._eps(self.unet, zin, t, c3.expand(len(zin), -1, -1), None)
+                eps = self._eps(unet, zin, t, c3.expand(len(zin), -1, -1), None)
             z = sched.step(eps, t, z).prev_sample
             evals += 1
         if not s.tie_first_frame:
@@ -484,6 +502,13 @@ class CVR:
         secs["total"] = sum(secs.values())
         return RenderOutput(out, motion_frames, a.frame,
                             {k: round(v, 4) for k, v in secs.items()}, a.unet_evals + evals)
+
+    def stage3_models(self) -> tuple[Any, Any]:
+        """(image UNet, video UNet or None) that stage 3 runs under the current settings: the
+        guidance-distilled pair when there is one and ``settings.distilled_video``."""
+        if self.guided_unet is not None and self.settings.distilled_video:
+            return self.guided_unet, self.guided_video_unet
+        return self.unet, self.video_unet
 
     def _vae_factor(self) -> int:
         c = self.vae.model.config

@@ -3,8 +3,8 @@ curves; optimizer states are left behind.
 
 A zoo folder holds ``clip/``, ``vae/`` and any of ``sad/``, ``mlp/``, ``noise_free/``,
 ``mad/`` (SAD/MAD checkpoint folders, see :mod:`rtdecode.models.train`), the renderer's
-``unet/`` and ``motion/`` (:mod:`rtdecode.zoo.unet`), the fidelity ``probe/`` and the fusion
-threshold ``fusion.json``.
+``unet/``, ``motion/`` and the guidance-distilled ``unet_guided/`` (:mod:`rtdecode.zoo.unet`),
+the fidelity ``probe/`` and the fusion threshold ``fusion.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 DECODERS = ("sad", "mlp", "noise_free", "mad")
 #: Small side files copied beside the weights.
 SIDE_FILES = ("loss.csv", "loss.png", "metrics.json", "curve.csv", "curve.png")
-RENDER = ("unet", "motion")
+#: the renderer's folders and the kind of model each holds
+RENDER = {"unet": "unet", "unet_guided": "unet", "motion": "motion"}
 
 
 def pack_zoo(src: str | Path, dst: str | Path) -> dict[str, int]:
@@ -40,9 +41,9 @@ def pack_zoo(src: str | Path, dst: str | Path) -> dict[str, int]:
             save_checkpoint(model, dst / name, meta, fp16=True)
     from .unet import export_fp16 as render_fp16
 
-    for name in RENDER:
+    for name, kind in RENDER.items():
         if (src / name).is_dir():
-            render_fp16(src / name, dst / name, name)
+            render_fp16(src / name, dst / name, kind)
     if (src / "probe").is_dir():  # already float16
         (dst / "probe").mkdir(parents=True, exist_ok=True)
         for f in ("probe.safetensors", "config.json"):
