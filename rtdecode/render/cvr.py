@@ -326,10 +326,9 @@ class CVR:
             cond = cond.repeat_interleave(frames, dim=0)
         if g == 1.0:
             return model(z, t, encoder_hidden_states=cond).sample
-        both = model(torch.cat([z, z]), t, encoder_hidden_states=torch.cat(
-            [torch.zeros_like(cond), cond])).sample
-        uncond, cond_eps = both.chunk(2)
-        return uncond + g * (cond_eps - uncond)
+        from ..zoo.unet import cfg_prediction
+
+        return cfg_prediction(model, z, t, cond, g)
 
     def _check_first_frame(self, first_frame: np.ndarray | None) -> np.ndarray | None:
         if first_frame is None:

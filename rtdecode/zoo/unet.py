@@ -363,20 +363,27 @@ def plot_loss(csv_path: str | Path, png_path: str | Path, title: str) -> None:
     plt.close(fig)
 
 
+def cfg_prediction(model, z: torch.Tensor, t, cond: torch.Tensor, scale: float
+                   ) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + scale (cond - uncond)``, the unconditional pass on
+    zeroed conditions, both in one doubled batch (``t``: a timestep, or one per row of ``z``).
+    CVR samples with it; guidance distillation trains towards it."""
+    if torch.is_tensor(t) and t.ndim > 0:
+        t = torch.cat([t, t])
+    both = model(torch.cat([z, z]), t,
+                 encoder_hidden_states=torch.cat([torch.zeros_like(cond), cond])).sample
+    u, v = both.chunk(2)
+    return u + scale * (v - u)
+
+
 @torch.no_grad()
 def guided_prediction(unet, zt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                       scale: float, chunk: int = 32) -> torch.Tensor:
-    """``unet``'s classifier-free-guided prediction ``uncond + scale (cond - uncond)`` (the
-    unconditional pass on zeroed conditions, as CVR samples it): guidance distillation's
+    """``unet``'s :func:`cfg_prediction` in chunks of ``chunk`` rows: guidance distillation's
     target."""
-    out = []
-    for i in range(0, len(zt), chunk):
-        z, tt, c = zt[i:i + chunk], t[i:i + chunk], cond[i:i + chunk]
-        both = unet(torch.cat([z, z]), torch.cat([tt, tt]),
-                    encoder_hidden_states=torch.cat([torch.zeros_like(c), c])).sample
-        u, v = both.chunk(2)
-        out.append(u + scale * (v - u))
-    return torch.cat(out)
+    return torch.cat([cfg_prediction(unet, zt[i:i + chunk], t[i:i + chunk],
+                                     cond[i:i + chunk], scale)
+                      for i in range(0, len(zt), chunk)])
 
 
 def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: ToyUNetConfig, *,
