@@ -1180,6 +1180,12 @@ def train_unet_cmd(
     distill_guidance: Annotated[float, typer.Option(
         help="Guidance distillation: fine-tune the --init UNet to predict in one pass what it "
              "predicts with classifier-free guidance of this scale (0: off).")] = 0.0,
+    channels: Annotated[str | None, typer.Option(
+        help="The UNet's channels per level, comma-separated, e.g. 96,192,192 (default "
+             "64,128,128; with --init, the init UNet's).")] = None,
+    layers_per_block: Annotated[int | None, typer.Option(
+        help="ResNet (and attention) layers per level (default 1; with --init, the init "
+             "UNet's).")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -1189,15 +1195,24 @@ def train_unet_cmd(
     ``--init`` a trained UNet is fine-tuned, e.g. to ``--schedule zero_snr``."""
     import dataclasses
 
-    from .zoo.unet import ToyUNetConfig
+    from .zoo.unet import ToyUNetConfig, unet_arch
 
     try:
-        cfg = dataclasses.replace(ToyUNetConfig(), steps=steps, schedule=schedule,
+        arch = unet_arch(init) if init is not None else {}
+        if channels is not None:
+            try:
+                arch["block_out_channels"] = tuple(int(c) for c in channels.split(","))
+            except ValueError:
+                raise ValueError(f"--channels {channels!r}: want integers separated by "
+                                 "commas, e.g. 96,192,192") from None
+        if layers_per_block is not None:
+            arch["layers_per_block"] = layers_per_block
+        cfg = dataclasses.replace(ToyUNetConfig(), **arch, steps=steps, schedule=schedule,
                                   object_weight=object_weight,
                                   low_t_fraction=low_t_fraction, low_t_max=low_t_max,
                                   distill_guidance=distill_guidance,
                                   **({"lr": lr} if lr is not None else {}))
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     _train_render("unet", data, clip, vae, out, cfg, max_minutes=max_minutes, threads=threads,
                   init_dir=init)

@@ -110,3 +110,9 @@ def test_bad_inputs_are_clear_errors(small_session, tiny_zoo):
                                    str(small_session), "--config", str(DEFAULT_CONFIG),
                                    "--anchor-strength", "1.5"])
     assert res.exit_code != 0 and "1.5" in res.output
+    for flag, value in (("--channels", "96,wide"), ("--channels", "90,180"),
+                        ("--layers-per-block", "0")):
+        res = CliRunner().invoke(app, ["train", "unet", "--data", str(small_session),
+                                       "--out", str(tiny_zoo / "never"), flag, value])
+        assert res.exit_code != 0 and value.split(",")[-1] in res.output, res.output
+        assert not (tiny_zoo / "never").exists()

@@ -25,6 +25,7 @@ from rtdecode.zoo.unet import (
     render_meta,
     save_render_model,
     train_render_model,
+    unet_arch,
     video_unet,
 )
 
@@ -109,6 +110,37 @@ def test_zero_snr_finetune_and_its_motion_module(render_data, unet_dir, tmp_path
     with pytest.raises(ValueError, match="schedule"):
         train_render_model("unet", render_data, tmp_path / "z", CFG, progress=False,
                            threads=1)
+
+
+def test_unet_architecture_is_checked():
+    with pytest.raises(ValueError, match=r"block_out_channels \(30, 60\)"):
+        ToyUNetConfig(block_out_channels=(30, 60))
+    with pytest.raises(ValueError, match="block_out_channels"):
+        ToyUNetConfig(block_out_channels=())
+    with pytest.raises(ValueError, match="layers_per_block 0"):
+        ToyUNetConfig(layers_per_block=0)
+
+
+def test_motion_module_takes_its_unets_shape(render_data, tmp_path):
+    """A UNet of other channels and depth than the config's default: its fine-tunes and its
+    motion module are built in its shape (diffusers needs one temporal layer per layer)."""
+    wide = dataclasses.replace(CFG, block_out_channels=(8, 16), layers_per_block=2)
+    torch.manual_seed(0)
+    udir = tmp_path / "u"
+    save_render_model("unet", build_unet(wide, 4, 8, 16), wide, udir, cond_shape=(12, 16),
+                      latent_shape=(4, 8, 8))
+    arch = unet_arch(udir)
+    assert arch["block_out_channels"] == (8, 16)
+    assert arch["layers_per_block"] == arch["motion_layers_per_block"] == 2
+    m = train_render_model("motion", render_data, tmp_path / "m", CFG, unet_dir=udir,
+                           progress=False, threads=1)
+    adapter = load_motion_adapter(m)
+    assert tuple(adapter.config.block_out_channels) == (8, 16)
+    assert adapter.config.motion_layers_per_block == 2
+    # the default config's shape cannot take this UNet's weights: a clear error
+    with pytest.raises(ValueError, match=r"\(8, 16\)"):
+        train_render_model("unet", render_data, tmp_path / "f", CFG, init_dir=udir,
+                           progress=False, threads=1)
 
 
 def test_unknown_schedule_is_rejected():

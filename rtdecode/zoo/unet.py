@@ -119,6 +119,12 @@ class ToyUNetConfig:
         n_train = SCHEDULES[self.schedule]["num_train_timesteps"]
         if not 1 <= self.low_t_max <= n_train:
             raise ValueError(f"low_t_max {self.low_t_max!r}: want 1..{n_train}")
+        chans = tuple(self.block_out_channels)
+        if not chans or any(int(c) != c or c <= 0 or c % self.norm_num_groups for c in chans):
+            raise ValueError(f"block_out_channels {chans!r}: want one or more positive "
+                             f"multiples of norm_num_groups ({self.norm_num_groups})")
+        if self.layers_per_block < 1:
+            raise ValueError(f"layers_per_block {self.layers_per_block!r}: want >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,6 +159,21 @@ class ToyUNetConfig:
                     motion_num_attention_heads=self.motion_heads,
                     motion_norm_num_groups=self.norm_num_groups,
                     motion_max_seq_length=max_frames, use_motion_mid_block=False)
+
+
+ARCH_KEYS = ("block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups")
+
+
+def unet_arch(unet_dir: str | Path) -> dict[str, Any]:
+    """The architecture fields of the :class:`ToyUNetConfig` a saved UNet was trained with:
+    what a fine-tune of it (``--init``) or a motion module for it must be built with. The
+    motion module gets one temporal layer per UNet layer."""
+    train = _read_meta(Path(unet_dir), "unet").get("train", {})
+    arch = {k: tuple(train[k]) if isinstance(train.get(k), list) else train[k]
+            for k in ARCH_KEYS if k in train}
+    if "layers_per_block" in arch:
+        arch["motion_layers_per_block"] = arch["layers_per_block"]
+    return arch
 
 
 def noise_scheduler(schedule: str = "sd15"):
@@ -409,8 +430,9 @@ def train_render_model(kind: str, data: RenderData, out_dir: str | Path, cfg: To
     if video:
         if unet_dir is None:
             raise ValueError("training the motion module needs the trained UNet (unet_dir)")
-        # the motion module learns its UNet's objective
-        cfg = dataclasses.replace(cfg, schedule=_schedule_name(render_meta(unet_dir, "unet")))
+        # the motion module learns its UNet's objective, in its UNet's shape
+        cfg = dataclasses.replace(cfg, schedule=_schedule_name(render_meta(unet_dir, "unet")),
+                                  **unet_arch(unet_dir))
     elif init_dir is not None:
         init = {"from": str(init_dir), **_read_meta(Path(init_dir), "unet").get("metrics", {})}
     sched = noise_scheduler(cfg.schedule)
