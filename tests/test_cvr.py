@@ -322,3 +322,15 @@ def test_guided_unet_runs_stage_3_only(parts, tmp_path):
 
     shutil.rmtree(zoo / "unet_guided")
     assert CVR.from_zoo(zoo).guided_unet is None
+
+
+def test_parts_of_another_shape_are_named(parts):
+    """A motion module or guided UNet built for another UNet is refused with both shapes
+    named, not left to fail inside diffusers."""
+    cfg, vae, unet, adapter = parts
+    other = ToyUNetConfig(block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=2,
+                          n_tokens=TOKENS)
+    with pytest.raises(ValueError, match=r"motion module of channels \(8, 16\)"):
+        make(parts, adapter=build_motion_adapter(other))
+    with pytest.raises(ValueError, match=r"guided UNet of channels \(8, 16\).*\(16, 32\)"):
+        make(parts, guided_unet=build_unet(other, 4, 16, WIDTH))

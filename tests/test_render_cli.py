@@ -116,3 +116,33 @@ def test_bad_inputs_are_clear_errors(small_session, tiny_zoo):
                                        "--out", str(tiny_zoo / "never"), flag, value])
         assert res.exit_code != 0 and value.split(",")[-1] in res.output, res.output
         assert not (tiny_zoo / "never").exists()
+
+
+def test_fidelity_curve_of_a_unet_of_another_shape(small_session, tiny_zoo, tmp_path):
+    """`fidelity --curve` scores every snapshot; the zoo's motion module joins only a UNet
+    of its own shape (a wider UNet's curve renders stage 3 with the image UNet alone)."""
+    import shutil
+
+    import torch
+
+    from rtdecode.zoo.unet import ToyUNetConfig, build_unet, save_render_model
+
+    meta = json.loads((tiny_zoo / "unet" / "config.json").read_text())
+    for name, chans in (("same", (16, 32)), ("wide", (32, 32))):
+        torch.manual_seed(0)
+        ucfg = ToyUNetConfig(block_out_channels=chans, norm_num_groups=4,
+                             attention_head_dim=2, n_tokens=4)
+        run_dir = tmp_path / name
+        save_render_model("unet", build_unet(ucfg, 4, 32, 16), ucfg, run_dir,
+                          cond_shape=tuple(meta["cond"]["shape"]),
+                          latent_shape=tuple(meta["latent_shape"]))
+        (run_dir / "snapshots").mkdir()
+        for step in (1, 2):
+            shutil.copy(run_dir / "unet.safetensors",
+                        run_dir / "snapshots" / f"step_{step:06d}.safetensors")
+        rows = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session),
+                   "--clips", "2", "--curve", str(run_dir))
+        assert [r["step"] for r in rows] == [1, 2]
+        assert all(r["motion_module"] is (name == "same") for r in rows)
+        assert all(0.0 <= r["truth_shape"] <= 1.0 for r in rows)
+        assert (run_dir / "curve.csv").is_file() and (run_dir / "curve.png").is_file()

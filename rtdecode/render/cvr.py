@@ -164,6 +164,23 @@ class Anchor:
         return _frames_of(self._motion)
 
 
+def _check_shapes(unet, motion_adapter, guided_unet) -> None:
+    """A motion module and a guided UNet must be built for the UNet they join: say which
+    differs, before diffusers fails somewhere inside."""
+    want = tuple(unet.config.block_out_channels), unet.config.layers_per_block
+    parts = {}
+    if motion_adapter is not None:
+        parts["motion module"] = (tuple(motion_adapter.config.block_out_channels),
+                                  motion_adapter.config.motion_layers_per_block)
+    if guided_unet is not None:
+        parts["guided UNet"] = (tuple(guided_unet.config.block_out_channels),
+                                guided_unet.config.layers_per_block)
+    for name, got in parts.items():
+        if got != want:
+            raise ValueError(f"{name} of channels {got[0]} and {got[1]} layer(s) per block "
+                             f"does not fit the UNet of channels {want[0]} and {want[1]}")
+
+
 def make_scheduler(name: str, schedule: dict[str, Any]):
     """A diffusers scheduler of the toy zoo's noise schedule (``clip_sample`` off: latents)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -194,6 +211,7 @@ class CVR:
                  guided_unet=None):
         if cond_mode not in ("concat", "per_stage"):
             raise ValueError(f"cond_mode {cond_mode!r}: want 'concat' or 'per_stage'")
+        _check_shapes(unet, motion_adapter, guided_unet)
         self.vae = vae
         self.unet = unet.eval()
         self.guided_unet = None if guided_unet is None else guided_unet.eval()

@@ -217,9 +217,15 @@ def fidelity_curve(unet_dir, zoo, root, cfg, probe, out_dir, *, n_clips: int = 6
     meta = json.loads((unet_dir / "config.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        # a zoo view whose unet/ is the run's (its config) and the rest the given zoo's
+        # a zoo view whose unet/ is the run's (its config) and the rest the given zoo's; the
+        # zoo's motion module only if it was built for a UNet of this run's shape (without
+        # it, stage 3 runs the image UNet alone; the rows say which)
         view = Path(tmp)
-        for name in ("clip", "vae", "motion", "sad", "mad"):
+        names = ["clip", "vae", "sad", "mad"]
+        with_motion = (Path(zoo) / "motion").is_dir() and _fits(Path(zoo) / "motion", meta)
+        if with_motion:
+            names.append("motion")
+        for name in names:
             if (Path(zoo) / name).is_dir():
                 (view / name).symlink_to((Path(zoo) / name).resolve())
         (view / "unet").mkdir()
@@ -230,7 +236,8 @@ def fidelity_curve(unet_dir, zoo, root, cfg, probe, out_dir, *, n_clips: int = 6
             r = fidelity_report(view, root, cfg, probe, n_clips=n_clips,
                                 conditions=("truth", "text_only"), unet_weights=snap,
                                 progress=progress)
-            row = {"step": step, "train_seconds": _seconds_at(unet_dir, step)}
+            row = {"step": step, "train_seconds": _seconds_at(unet_dir, step),
+                   "motion_module": with_motion}
             for cond in ("text_only", "truth"):
                 row.update({f"{cond}_{k}": round(v, 4) for k, v in r[cond]["probe"].items()})
             rows.append(row)
@@ -241,6 +248,17 @@ def fidelity_curve(unet_dir, zoo, root, cfg, probe, out_dir, *, n_clips: int = 6
         w.writerows(rows)
     _plot_curve(rows, out_dir / "curve.png", meta.get("kind", "unet"))
     return rows
+
+
+def _fits(motion_dir, unet_meta: dict[str, Any]) -> bool:
+    """Whether a motion module folder was built for a UNet of this config's shape."""
+    import json
+    from pathlib import Path
+
+    motion = json.loads((Path(motion_dir) / "config.json").read_text())["diffusers"]
+    unet = unet_meta["diffusers"]
+    return (list(motion["block_out_channels"]) == list(unet["block_out_channels"])
+            and motion["motion_layers_per_block"] == unet["layers_per_block"])
 
 
 def _seconds_at(run_dir, step: int) -> float | None:
