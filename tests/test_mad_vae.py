@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -14,7 +15,14 @@ from rtdecode.models.evaluate import LatentTargets, decode_mad, latent_scores
 from rtdecode.models.mad import MAD, MADConfig
 from rtdecode.models.train import TrainConfig, load_checkpoint, subject_windows, train_mad
 from rtdecode.zoo.clip import ToyClip, ToyClipConfig, build_model, load_stimuli
-from rtdecode.zoo.vae import ToyVAE, ToyVAEConfig, build_vae, load_toy_vae, train_vae
+from rtdecode.zoo.vae import (
+    ToyVAE,
+    ToyVAEConfig,
+    build_vae,
+    finetune_decoder,
+    load_toy_vae,
+    train_vae,
+)
 
 TINY_VAE = ToyVAEConfig(block_out_channels=(16, 16), norm_num_groups=8, batch_size=4, steps=4,
                         warmup_steps=1, checkpoint_every=2, val_frames=4)
@@ -75,6 +83,36 @@ def test_toy_vae_trains_resumes_and_round_trips(small_session, tmp_path):
     assert rows[0].startswith("step,loss") and len(rows) == 5
     with pytest.raises(FileNotFoundError, match="train vae"):
         load_toy_vae(tmp_path / "nothing")
+
+
+def test_decoder_finetune_keeps_the_latent_space(small_session, tmp_path):
+    """`train vae-decoder`: the decoder (fine-tuned, or new and wider) changes, the encoder and
+    scaling factor do not, so every latent MAD and the UNet learnt means the same."""
+    base = train_vae(small_session, tmp_path / "vae", TINY_VAE, progress=False, threads=1)
+    frames, _ = load_stimuli(small_session)
+    clip = np.asarray(frames[:1])
+    z = base.encode(clip)
+    for name, chans in (("tuned", None), ("wide", (8, 16))):
+        out = finetune_decoder(small_session, tmp_path / "vae", tmp_path / name, steps=2,
+                               lr=1e-2, object_weight=4.0, progress=False, threads=1,
+                               decoder_channels=chans, warmup_steps=1 if chans else 0)
+        loaded = load_toy_vae(tmp_path / name)
+        assert np.array_equal(loaded.encode(clip), z)
+        assert loaded.scaling_factor == base.scaling_factor
+        dec = {k: v for k, v in loaded.model.state_dict().items() if k.startswith("decoder.")}
+        old = {k: v for k, v in base.model.state_dict().items() if k.startswith("decoder.")}
+        if chans is None:
+            assert dec.keys() == old.keys()
+            assert any(not torch.equal(dec[k], old[k]) for k in dec)
+        else:
+            assert loaded.model.decoder.conv_in.out_channels == 16  # the deepest level's
+            meta = json.loads((tmp_path / name / "config.json").read_text())
+            assert ToyVAEConfig.from_dict(meta["train"]).decoder_channels == (8, 16)
+        rec = out.decode(z)
+        assert rec.shape == clip.shape and rec.dtype == np.uint8
+        np.testing.assert_array_equal(loaded.decode(z), rec)
+    with pytest.raises(ValueError, match=r"decoder_channels \(8,\)"):
+        dataclasses.replace(TINY_VAE, decoder_channels=(8,))
 
 
 def test_mad_learns_and_checkpoint_round_trip(small_session, tmp_path):

@@ -56,6 +56,9 @@ class ToyVAEConfig:
     kl_weight: float = 1e-6
     grad_weight: float = 1.0
     object_weight: float = 0.0    # extra L1 weight on object pixels (see object_weights)
+    # a decoder of its own width (None: block_out_channels), trained on the frozen encoder's
+    # latents by `train vae-decoder --decoder-channels`: sharper outlines, same latent space
+    decoder_channels: tuple[int, ...] | None = None
     seed: int = 0
     checkpoint_every: int = 100
     val_fraction: float = 0.05
@@ -72,7 +75,18 @@ class ToyVAEConfig:
             raise ValueError(f"toy VAE config: unknown keys {sorted(unknown)}")
         d = dict(d)
         d["block_out_channels"] = tuple(d.get("block_out_channels", cls.block_out_channels))
+        if d.get("decoder_channels") is not None:
+            d["decoder_channels"] = tuple(d["decoder_channels"])
         return cls(**d)
+
+    def __post_init__(self) -> None:
+        dec = self.decoder_channels
+        if dec is not None and (len(dec) != len(self.block_out_channels) or any(
+                int(c) != c or c <= 0 or c % self.norm_num_groups for c in dec)):
+            raise ValueError(f"decoder_channels {tuple(dec)!r}: want "
+                             f"{len(self.block_out_channels)} positive multiples of "
+                             f"norm_num_groups ({self.norm_num_groups}), one per level of the "
+                             f"encoder's {tuple(self.block_out_channels)}")
 
     def diffusers_config(self) -> dict[str, Any]:
         n = len(self.block_out_channels)
@@ -89,9 +103,24 @@ class ToyVAEConfig:
 
 
 def build_vae(cfg: ToyVAEConfig):
+    """The diffusers ``AutoencoderKL``; with ``cfg.decoder_channels``, its decoder swapped for
+    a diffusers ``Decoder`` of that width (``decode`` calls it the same way)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(**cfg.diffusers_config())
+    model = AutoencoderKL(**cfg.diffusers_config())
+    if cfg.decoder_channels is not None:
+        model.decoder = _decoder(cfg)
+    return model
+
+
+def _decoder(cfg: ToyVAEConfig):
+    from diffusers.models.autoencoders.vae import Decoder
+
+    chans = tuple(cfg.decoder_channels or cfg.block_out_channels)
+    return Decoder(in_channels=cfg.latent_channels, out_channels=3,
+                   up_block_types=("UpDecoderBlock2D",) * len(chans), block_out_channels=chans,
+                   layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
+                   act_fn="silu")
 
 
 def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
@@ -389,11 +418,15 @@ def object_weights(records: list[dict], frame_idx: np.ndarray, size: int, n_fram
 def finetune_decoder(data_dir: str | Path, vae_dir: str | Path, out_dir: str | Path, *,
                      steps: int = 600, batch_size: int = 32, lr: float = 3e-4,
                      object_weight: float = 8.0, seed: int = 0, progress: bool = True,
-                     max_minutes: float | None = None, threads: int | None = None) -> ToyVAE:
+                     max_minutes: float | None = None, threads: int | None = None,
+                     decoder_channels: tuple[int, ...] | None = None,
+                     warmup_steps: int = 0) -> ToyVAE:
     """Fine-tune only the decoder (and ``post_quant_conv``) of a trained toy VAE with an
     object-weighted L1 + gradient loss. The encoder and the scaling factor are unchanged, so
     the latent space — MAD's targets and the UNet's training data — stays exactly the same;
-    only what latents decode to improves. Writes a VAE checkpoint folder to ``out_dir``."""
+    only what latents decode to improves. ``decoder_channels``: train a new decoder of this
+    width from scratch instead (on the same frozen latents). Writes a VAE checkpoint folder to
+    ``out_dir``."""
     from .clip import load_stimuli
 
     if threads:
@@ -402,6 +435,11 @@ def finetune_decoder(data_dir: str | Path, vae_dir: str | Path, out_dir: str | P
     cfg = ToyVAEConfig.from_dict(meta["train"])
     vae = load_toy_vae(vae_dir)
     model = vae.model
+    fresh = decoder_channels is not None
+    if fresh:
+        cfg = dataclasses.replace(cfg, decoder_channels=tuple(decoder_channels))
+        torch.manual_seed(seed)
+        model.decoder = _decoder(cfg)
     frames, records = load_stimuli(data_dir)
     train_ids, val_ids = split_frames(frames, records, cfg)
     n_frames, size = frames.shape[1], frames.shape[2]
@@ -414,7 +452,7 @@ def finetune_decoder(data_dir: str | Path, vae_dir: str | Path, out_dir: str | P
     vrng = np.random.default_rng([seed, 8])
     vidx = (val_ids[vrng.integers(0, len(val_ids), 256)], vrng.integers(0, n_frames, 256))
     val = np.asarray(frames[vidx[0], vidx[1]])
-    before = psnr(vae.decode(vae.encode(val)), val)
+    before = None if fresh else psnr(vae.decode(vae.encode(val)), val)
     torch.manual_seed(seed)
     t_start = time.monotonic()
     bar = tqdm(range(steps), disable=not progress, desc="vae decoder", unit="step")
@@ -431,7 +469,8 @@ def finetune_decoder(data_dir: str | Path, vae_dir: str | Path, out_dir: str | P
         y = model.decode(z).sample
         loss = ((y - x).abs() * w).mean() / w.mean() + cfg.grad_weight * _grad_l1(y, x)
         for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps)) * 0.5 * (
+                1 + math.cos(math.pi * step / steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -443,7 +482,9 @@ def finetune_decoder(data_dir: str | Path, vae_dir: str | Path, out_dir: str | P
     after = psnr(vae.decode(vae.encode(val)), val)
     metrics = {**meta.get("metrics", {}), "val_psnr_db": round(after, 2),
                "decoder_finetune": {"steps": step + 1, "object_weight": object_weight,
-                                    "val_psnr_before_db": round(before, 2),
+                                    "val_psnr_before_db": None if before is None
+                                    else round(before, 2),
+                                    "decoder_channels": cfg.decoder_channels, "lr": lr,
                                     "seconds": round(time.monotonic() - t_start, 1)}}
     save_toy_vae(model, cfg, out_dir, scaling_factor=meta["scaling_factor"], metrics=metrics)
     return load_toy_vae(out_dir)
