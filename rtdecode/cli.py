@@ -851,6 +851,15 @@ def bench_render_cmd(
         f"{'interleaved' if result['interleaved'] else 'sequential'})")
 
 
+def _int_list(flag: str, text: str, example: str) -> tuple[int, ...]:
+    """A comma-separated integer flag's value, or a ValueError naming the flag and value."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: want integers separated by commas, e.g. "
+                         f"{example}") from None
+
+
 def _parse_batch(text: str) -> tuple[int, int, int]:
     try:
         parts = tuple(int(v) for v in text.split(","))
@@ -1148,13 +1157,8 @@ def train_vae_decoder_cmd(
     from .zoo.vae import CONFIG_FILE, finetune_decoder
 
     try:
-        chans = None
-        if decoder_channels is not None:
-            try:
-                chans = tuple(int(c) for c in decoder_channels.split(","))
-            except ValueError:
-                raise ValueError(f"--decoder-channels {decoder_channels!r}: want integers "
-                                 "separated by commas, e.g. 32,64,128") from None
+        chans = None if decoder_channels is None else _int_list(
+            "--decoder-channels", decoder_channels, "32,64,128")
         meta = json.loads((vae / CONFIG_FILE).read_text())
         if chans is None and "decoder_finetune" in meta.get("metrics", {}):
             typer.echo(f"{vae}: decoder already fine-tuned "
@@ -1220,11 +1224,7 @@ def train_unet_cmd(
     try:
         arch = unet_arch(init) if init is not None else {}
         if channels is not None:
-            try:
-                arch["block_out_channels"] = tuple(int(c) for c in channels.split(","))
-            except ValueError:
-                raise ValueError(f"--channels {channels!r}: want integers separated by "
-                                 "commas, e.g. 96,192,192") from None
+            arch["block_out_channels"] = _int_list("--channels", channels, "96,192,192")
         if layers_per_block is not None:
             arch["layers_per_block"] = layers_per_block
         cfg = dataclasses.replace(ToyUNetConfig(), **arch, steps=steps, schedule=schedule,

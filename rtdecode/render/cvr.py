@@ -167,16 +167,12 @@ class Anchor:
 def _check_shapes(unet, motion_adapter, guided_unet) -> None:
     """A motion module and a guided UNet must be built for the UNet they join: say which
     differs, before diffusers fails somewhere inside."""
-    want = tuple(unet.config.block_out_channels), unet.config.layers_per_block
-    parts = {}
-    if motion_adapter is not None:
-        parts["motion module"] = (tuple(motion_adapter.config.block_out_channels),
-                                  motion_adapter.config.motion_layers_per_block)
-    if guided_unet is not None:
-        parts["guided UNet"] = (tuple(guided_unet.config.block_out_channels),
-                                guided_unet.config.layers_per_block)
-    for name, got in parts.items():
-        if got != want:
+    from ..zoo.unet import block_shape
+
+    want = block_shape(unet.config)
+    for name, part in (("motion module", motion_adapter), ("guided UNet", guided_unet)):
+        got = None if part is None else block_shape(part.config)
+        if got is not None and got != want:
             raise ValueError(f"{name} of channels {got[0]} and {got[1]} layer(s) per block "
                              f"does not fit the UNet of channels {want[0]} and {want[1]}")
 

@@ -210,6 +210,8 @@ def fidelity_curve(unet_dir, zoo, root, cfg, probe, out_dir, *, n_clips: int = 6
     import tempfile
     from pathlib import Path
 
+    from ..zoo.unet import block_shape, render_meta
+
     unet_dir, out_dir = Path(unet_dir), Path(out_dir)
     snaps = sorted((unet_dir / "snapshots").glob("step_*.safetensors"))
     if not snaps:
@@ -222,7 +224,9 @@ def fidelity_curve(unet_dir, zoo, root, cfg, probe, out_dir, *, n_clips: int = 6
         # it, stage 3 runs the image UNet alone; the rows say which)
         view = Path(tmp)
         names = ["clip", "vae", "sad", "mad"]
-        with_motion = (Path(zoo) / "motion").is_dir() and _fits(Path(zoo) / "motion", meta)
+        with_motion = (Path(zoo) / "motion").is_dir() and (
+            block_shape(render_meta(Path(zoo) / "motion", "motion")["diffusers"])
+            == block_shape(meta["diffusers"]))
         if with_motion:
             names.append("motion")
         for name in names:
@@ -248,17 +252,6 @@ def fidelity_curve(unet_dir, zoo, root, cfg, probe, out_dir, *, n_clips: int = 6
         w.writerows(rows)
     _plot_curve(rows, out_dir / "curve.png", meta.get("kind", "unet"))
     return rows
-
-
-def _fits(motion_dir, unet_meta: dict[str, Any]) -> bool:
-    """Whether a motion module folder was built for a UNet of this config's shape."""
-    import json
-    from pathlib import Path
-
-    motion = json.loads((Path(motion_dir) / "config.json").read_text())["diffusers"]
-    unet = unet_meta["diffusers"]
-    return (list(motion["block_out_channels"]) == list(unet["block_out_channels"])
-            and motion["motion_layers_per_block"] == unet["layers_per_block"])
 
 
 def _seconds_at(run_dir, step: int) -> float | None:

@@ -176,6 +176,13 @@ def unet_arch(unet_dir: str | Path) -> dict[str, Any]:
     return arch
 
 
+def block_shape(config) -> tuple[tuple[int, ...], int]:
+    """(channels per level, layers per level) of a diffusers UNet or MotionAdapter config: a
+    motion module fits a UNet (and a guided UNet stands in for one) only if these agree."""
+    layers = config.get("motion_layers_per_block", config.get("layers_per_block"))
+    return tuple(config["block_out_channels"]), layers
+
+
 def noise_scheduler(schedule: str = "sd15"):
     """The training-time diffusers scheduler of one of :data:`SCHEDULES`."""
     from diffusers import DDPMScheduler
