@@ -116,6 +116,13 @@ def test_bad_inputs_are_clear_errors(small_session, tiny_zoo):
                                        "--out", str(tiny_zoo / "never"), flag, value])
         assert res.exit_code != 0 and value.split(",")[-1] in res.output, res.output
         assert not (tiny_zoo / "never").exists()
+    for flag, value, named in (("--channels", "16,30", "30"),
+                               ("--channels", "8,8,8,8,8,8,8,8", "7 downsamples"),
+                               ("--latent-channels", "0", "latent_channels 0")):
+        res = CliRunner().invoke(app, ["train", "vae", "--data", str(small_session),
+                                       "--out", str(tiny_zoo / "never"), flag, value])
+        assert res.exit_code != 0 and named in res.output, res.output
+        assert not (tiny_zoo / "never").exists()
 
 
 def test_fidelity_curve_of_a_unet_of_another_shape(small_session, tiny_zoo, tmp_path):

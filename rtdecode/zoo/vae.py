@@ -80,6 +80,15 @@ class ToyVAEConfig:
         return cls(**d)
 
     def __post_init__(self) -> None:
+        chans = tuple(self.block_out_channels)
+        if not chans or any(int(c) != c or c <= 0 or c % self.norm_num_groups for c in chans):
+            raise ValueError(f"block_out_channels {chans!r}: want one or more positive "
+                             f"multiples of norm_num_groups ({self.norm_num_groups})")
+        if self.image_size % 2 ** (len(chans) - 1):
+            raise ValueError(f"block_out_channels {chans!r}: {len(chans) - 1} downsamples do "
+                             f"not tile frames of {self.image_size} px")
+        if int(self.latent_channels) != self.latent_channels or self.latent_channels < 1:
+            raise ValueError(f"latent_channels {self.latent_channels!r}: want an integer >= 1")
         dec = self.decoder_channels
         if dec is not None and (len(dec) != len(self.block_out_channels) or any(
                 int(c) != c or c <= 0 or c % self.norm_num_groups for c in dec)):
