@@ -1217,6 +1217,9 @@ def train_unet_cmd(
     layers_per_block: Annotated[int | None, typer.Option(
         help="ResNet (and attention) layers per level (default 1; with --init, the init "
              "UNet's).")] = None,
+    plain_levels: Annotated[int | None, typer.Option(
+        help="The first (finest) levels without attention, e.g. 1 for a VAE with 32x32 "
+             "latents (default 0; with --init, the init UNet's).")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after "
                                                            "this long.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -1234,6 +1237,8 @@ def train_unet_cmd(
             arch["block_out_channels"] = _int_list("--channels", channels, "96,192,192")
         if layers_per_block is not None:
             arch["layers_per_block"] = layers_per_block
+        if plain_levels is not None:
+            arch["plain_levels"] = plain_levels
         cfg = dataclasses.replace(ToyUNetConfig(), **arch, steps=steps, schedule=schedule,
                                   object_weight=object_weight,
                                   low_t_fraction=low_t_fraction, low_t_max=low_t_max,

@@ -119,6 +119,8 @@ def test_unet_architecture_is_checked():
         ToyUNetConfig(block_out_channels=())
     with pytest.raises(ValueError, match="layers_per_block 0"):
         ToyUNetConfig(layers_per_block=0)
+    with pytest.raises(ValueError, match=r"plain_levels 3: want 0..2"):
+        ToyUNetConfig(plain_levels=3)
 
 
 def test_motion_module_takes_its_unets_shape(render_data, tmp_path):
@@ -141,6 +143,33 @@ def test_motion_module_takes_its_unets_shape(render_data, tmp_path):
     with pytest.raises(ValueError, match=r"\(8, 16\)"):
         train_render_model("unet", render_data, tmp_path / "f", CFG, init_dir=udir,
                            progress=False, threads=1)
+
+
+def test_plain_levels_drop_attention_where_asked(render_data, tmp_path):
+    """`--plain-levels 1`: the finest level has no attention (down and up), the rest as
+    before; fine-tunes keep it, and a motion module is built for such a UNet."""
+    plain = dataclasses.replace(CFG, block_out_channels=(8, 16, 16), plain_levels=1,
+                                layers_per_block=1)
+    conf = plain.unet_config(4, 8, 16)
+    assert conf["down_block_types"] == ("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    assert conf["up_block_types"] == ("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    assert CFG.unet_config(4, 8, 16)["down_block_types"] == ("CrossAttnDownBlock2D",
+                                                             "DownBlock2D")
+    torch.manual_seed(0)
+    udir = tmp_path / "u"
+    save_render_model("unet", build_unet(plain, 4, 8, 16), plain, udir, cond_shape=(12, 16),
+                      latent_shape=(4, 8, 8))
+    assert unet_arch(udir)["plain_levels"] == 1
+    tuned = dataclasses.replace(CFG, **unet_arch(udir), steps=1)
+    train_render_model("unet", render_data, tmp_path / "f", tuned, init_dir=udir,
+                       progress=False, threads=1)
+    assert load_unet(tmp_path / "f").config.down_block_types[0] == "DownBlock2D"
+    m = train_render_model("motion", render_data, tmp_path / "m", CFG, unet_dir=udir,
+                           progress=False, threads=1)
+    video = video_unet(load_unet(udir), load_motion_adapter(m))
+    # one condition per frame, as the renderer passes them
+    out = video(torch.zeros(1, 4, 8, 8, 8), 10, encoder_hidden_states=torch.zeros(8, 12, 16))
+    assert out.sample.shape == (1, 4, 8, 8, 8)
 
 
 def test_unknown_schedule_is_rejected():

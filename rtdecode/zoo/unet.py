@@ -70,6 +70,9 @@ class ToyUNetConfig:
 
     block_out_channels: tuple[int, ...] = (64, 128, 128)
     layers_per_block: int = 1
+    # the first (finest) levels built without attention: self-attention over a 32x32 latent's
+    # 1,024 cells costs more than the rest of the UNet (the coarsest level never has any)
+    plain_levels: int = 0
     attention_head_dim: int = 4        # diffusers' legacy name: the number of heads
     norm_num_groups: int = 16
     # conditioning: the toy CLIP's first n_tokens token states per level, levels concatenated
@@ -125,6 +128,9 @@ class ToyUNetConfig:
                              f"multiples of norm_num_groups ({self.norm_num_groups})")
         if self.layers_per_block < 1:
             raise ValueError(f"layers_per_block {self.layers_per_block!r}: want >= 1")
+        if not 0 <= self.plain_levels < len(chans):
+            raise ValueError(f"plain_levels {self.plain_levels!r}: want 0..{len(chans) - 1} "
+                             f"for {len(chans)} levels")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,8 +150,9 @@ class ToyUNetConfig:
     def unet_config(self, latent_channels: int, latent_size: int, token_width: int
                     ) -> dict[str, Any]:
         n = len(self.block_out_channels)
-        down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
-        up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+        attn = [self.plain_levels <= i < n - 1 for i in range(n)]
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
         return dict(sample_size=latent_size, in_channels=latent_channels,
                     out_channels=latent_channels, down_block_types=down, up_block_types=up,
                     block_out_channels=self.block_out_channels,
@@ -161,7 +168,8 @@ class ToyUNetConfig:
                     motion_max_seq_length=max_frames, use_motion_mid_block=False)
 
 
-ARCH_KEYS = ("block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups")
+ARCH_KEYS = ("block_out_channels", "layers_per_block", "plain_levels", "attention_head_dim",
+             "norm_num_groups")
 
 
 def unet_arch(unet_dir: str | Path) -> dict[str, Any]:
