@@ -1309,6 +1309,15 @@ def train_probe_cmd(
              "only; the shipped probe).")] = 0.0,
     max_noise: Annotated[float, typer.Option(
         help="Add pixel noise of std ~ U(0, this) (frames in [-1, 1]).")] = 0.0,
+    through_vae: Annotated[Path | None, typer.Option(
+        help="Toy VAE: show the shape/colour/background stack a share of its frames "
+             "through this VAE (the renderer's output domain), labelled with the true "
+             "attributes.")] = None,
+    vae_fraction: Annotated[float, typer.Option(
+        help="With --through-vae: the share of frames sent through it.")] = 0.5,
+    latent_noise: Annotated[float, typer.Option(
+        help="With --through-vae: latent noise of std ~ U(0, this) (scaled latents).")
+                            ] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
 ) -> None:
     """Train the attribute probe (two small CNNs on a clip's true frames) that
@@ -1318,12 +1327,15 @@ def train_probe_cmd(
 
     from .render.fidelity import probe_accuracy, train_probe
     from .zoo.clip import load_stimuli
+    from .zoo.vae import load_toy_vae
 
     torch.set_num_threads(threads)
     try:
         frames, records = load_stimuli(data)
+        vae = load_toy_vae(through_vae) if through_vae is not None else None
         probe = train_probe(frames, records, out, steps=steps, width=width,
-                            max_blur=max_blur, max_noise=max_noise)
+                            max_blur=max_blur, max_noise=max_noise, vae=vae,
+                            vae_fraction=vae_fraction, latent_noise=latent_noise)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     test = [r for r in records if r["split"] == "test"]

@@ -147,3 +147,32 @@ def test_probe_augmentation_is_recorded_and_changes_training(small_session, tmp_
     load_probe(tmp_path / "c")                                    # same format, loads
     with pytest.raises(ValueError, match="max_blur"):
         train_probe(frames, records, tmp_path / "d", max_blur=float("nan"), **kw)
+
+
+def test_probe_through_the_vae(small_session, tmp_path):
+    """`train probe --through-vae`: the chosen share of single frames is replaced by its
+    VAE round trip (exactly that, without latent noise); the VAE is recorded; bad shares are
+    refused."""
+    from rtdecode.render.fidelity import _through_vae
+    from rtdecode.zoo.vae import ToyVAE, ToyVAEConfig, build_vae
+
+    torch.manual_seed(0)
+    vae = ToyVAE(build_vae(ToyVAEConfig(block_out_channels=(8, 8), norm_num_groups=4)), 0.5)
+    frames, records = load_stimuli(small_session)
+    x = torch.from_numpy(np.array(frames[:3, 0])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    assert torch.equal(_through_vae(x, vae, rng(), 0.0, 0.5), x)
+    with torch.no_grad():
+        trip = vae.decoder_graph()(vae.model.encode(x).latent_dist.mean * 0.5)
+    assert torch.allclose(_through_vae(x, vae, rng(), 1.0, 0.0), trip, atol=1e-6)
+    noisy = _through_vae(x, vae, rng(), 1.0, 0.5)
+    assert noisy.shape == x.shape and not torch.allclose(noisy, trip, atol=1e-3)
+
+    kw = dict(steps=3, batch_size=4, width=4, progress=False)
+    plain = train_probe(frames, records, tmp_path / "a", **kw)
+    seen = train_probe(frames, records, tmp_path / "b", vae=vae, vae_fraction=1.0, **kw)
+    assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), seen.parameters()))
+    meta = json.loads((tmp_path / "b" / "config.json").read_text())["augment"]
+    assert meta["vae_fraction"] == 1.0 and meta["vae"]["latent_shape"] == [4, 32, 32]
+    with pytest.raises(ValueError, match="vae_fraction 1.5"):
+        train_probe(frames, records, tmp_path / "c", vae=vae, vae_fraction=1.5, **kw)

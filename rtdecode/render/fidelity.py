@@ -188,9 +188,28 @@ def _degrade(x: torch.Tensor, rng: np.random.Generator, max_blur: float, max_noi
     return out
 
 
+@torch.no_grad()
+def _through_vae(x: torch.Tensor, vae, rng: np.random.Generator, fraction: float,
+                 latent_noise: float) -> torch.Tensor:
+    """A ``fraction`` of the frames ``x`` ``(B, 3, H, W)`` in [-1, 1] replaced by their
+    round trip through the toy VAE, the scaled latents given noise of std ~ U(0,
+    latent_noise) on the way."""
+    pick = np.flatnonzero(rng.random(len(x)) < fraction)
+    if not len(pick):
+        return x
+    z = vae.model.encode(x[pick]).latent_dist.mean * vae.scaling_factor
+    stds = torch.from_numpy(rng.uniform(0, latent_noise, len(pick)).astype(np.float32))
+    z = z + stds.view(-1, 1, 1, 1) * torch.from_numpy(
+        rng.standard_normal(tuple(z.shape), dtype=np.float32))
+    out = x.clone()
+    out[pick] = vae.decoder_graph()(z)
+    return out
+
+
 def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str | Path, *,
                 steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                 width: int = 16, max_blur: float = 0.0, max_noise: float = 0.0,
+                vae=None, vae_fraction: float = 0.5, latent_noise: float = 0.0,
                 progress: bool = True) -> AttributeProbe:
     """Train the probe on the training clips' true frames (the test clips are never seen).
 
@@ -200,10 +219,19 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
     ``max_noise`` > 0 every example is also blurred (sigma ~ U(0, max_blur) pixels) and given
     pixel noise (std ~ U(0, max_noise), frames in [-1, 1]): a probe trained on crisp frames
     alone reads a slightly rounded triangle as a square, so it would score a renderer's
-    soft edges as wrong shapes."""
-    for name, v in (("max_blur", max_blur), ("max_noise", max_noise)):
+    soft edges as wrong shapes.
+
+    With a toy ``vae`` (:class:`~rtdecode.zoo.vae.ToyVAE`), a ``vae_fraction`` of each step's
+    single frames go through it (encoded, given latent noise of a std drawn from
+    U(0, ``latent_noise``), decoded) before the *what* stack reads them: the renderer's own
+    output domain, whose outlines are the VAE decoder's (rounded corners, thinner points),
+    labelled with the true clip's attributes."""
+    for name, v in (("max_blur", max_blur), ("max_noise", max_noise),
+                    ("latent_noise", latent_noise)):
         if not (v >= 0 and math.isfinite(v)):
             raise ValueError(f"{name} {v!r}: want a finite value >= 0")
+    if not 0.0 <= vae_fraction <= 1.0:
+        raise ValueError(f"vae_fraction {vae_fraction!r}: want 0..1")
     torch.manual_seed(seed)
     train = np.array([r["clip_id"] for r in records if r["split"] == "train"])
     if len(train) < 2:
@@ -225,6 +253,8 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
         one = torch.rot90(one, int(rng.integers(4)), dims=(2, 3))
         if rng.random() < 0.5:
             one = one.flip(3)
+        if vae is not None:
+            one = _through_vae(one, vae, rng, vae_fraction, latent_noise)
         one, x = _degrade(one, rng, max_blur, max_noise), _degrade(x, rng, max_blur, max_noise)
         target = {a: y[a][ids] for a in ATTRIBUTES}
         for horizontal, dim in ((True, 4), (False, 3)):
@@ -239,6 +269,8 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
         opt.step()
         sched.step()
     model.eval()
+    vae_id = None if vae is None else {"latent_shape": list(vae.latent_shape),
+                                       "scaling_factor": vae.scaling_factor}
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
@@ -246,7 +278,9 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
     (out_path / "config.json").write_text(json.dumps(
         {"format": FORMAT, "width": model.width, "image_size": model.image_size,
          "frames": model.frames, "attributes": list(ATTRIBUTES), "steps": steps, "seed": seed,
-         "augment": {"max_blur": max_blur, "max_noise": max_noise}},
+         "augment": {"max_blur": max_blur, "max_noise": max_noise,
+                     **({"vae": vae_id, "vae_fraction": vae_fraction,
+                         "latent_noise": latent_noise} if vae is not None else {})}},
         indent=2) + "\n")
     return model
 
