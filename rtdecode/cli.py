@@ -1113,9 +1113,9 @@ def train_vae_cmd(
     object_weight: Annotated[float, typer.Option(help="Extra L1 weight on the objects' "
                                                       "pixels (0: plain L1, as the shipped "
                                                       "VAE was trained).")] = 0.0,
-    channels: Annotated[str, typer.Option(
+    channels: Annotated[str | None, typer.Option(
         help="Encoder (and decoder) width per level; n levels downsample n - 1 times, so "
-             "16,32 gives 32x32 latents.")] = "16,32,64",
+             "16,32 gives 32x32 latents (default 16,32,64).")] = None,
     latent_channels: Annotated[int, typer.Option(help="Channels of the latent.")] = 4,
 ) -> None:
     """Train the toy VAE (diffusers AutoencoderKL, 64x64 -> 4x16x16 by default) on the
@@ -1125,10 +1125,10 @@ def train_vae_cmd(
     from .zoo.vae import ToyVAEConfig, train_vae
 
     try:
-        cfg = dataclasses.replace(ToyVAEConfig(), steps=steps, object_weight=object_weight,
-                                  block_out_channels=_int_list("--channels", channels,
-                                                               "16,32,64"),
-                                  latent_channels=latent_channels)
+        arch = {} if channels is None else {
+            "block_out_channels": _int_list("--channels", channels, "16,32,64")}
+        cfg = dataclasses.replace(ToyVAEConfig(), **arch, steps=steps,
+                                  object_weight=object_weight, latent_channels=latent_channels)
         vae = train_vae(data, out, cfg, max_minutes=max_minutes, threads=threads)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

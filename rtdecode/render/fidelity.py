@@ -269,8 +269,11 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
         opt.step()
         sched.step()
     model.eval()
-    vae_id = None if vae is None else {"latent_shape": list(vae.latent_shape),
-                                       "scaling_factor": vae.scaling_factor}
+    augment = {"max_blur": max_blur, "max_noise": max_noise}
+    if vae is not None:
+        augment.update(vae={"latent_shape": list(vae.latent_shape),
+                            "scaling_factor": vae.scaling_factor},
+                       vae_fraction=vae_fraction, latent_noise=latent_noise)
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
@@ -278,9 +281,7 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
     (out_path / "config.json").write_text(json.dumps(
         {"format": FORMAT, "width": model.width, "image_size": model.image_size,
          "frames": model.frames, "attributes": list(ATTRIBUTES), "steps": steps, "seed": seed,
-         "augment": {"max_blur": max_blur, "max_noise": max_noise,
-                     **({"vae": vae_id, "vae_fraction": vae_fraction,
-                         "latent_noise": latent_noise} if vae is not None else {})}},
+         "augment": augment},
         indent=2) + "\n")
     return model
 

@@ -42,6 +42,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import check_widths
+
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.pt"
 LOSS_FILE = "loss.csv"
@@ -123,9 +125,7 @@ class ToyUNetConfig:
         if not 1 <= self.low_t_max <= n_train:
             raise ValueError(f"low_t_max {self.low_t_max!r}: want 1..{n_train}")
         chans = tuple(self.block_out_channels)
-        if not chans or any(int(c) != c or c <= 0 or c % self.norm_num_groups for c in chans):
-            raise ValueError(f"block_out_channels {chans!r}: want one or more positive "
-                             f"multiples of norm_num_groups ({self.norm_num_groups})")
+        check_widths("block_out_channels", chans, self.norm_num_groups)
         if self.layers_per_block < 1:
             raise ValueError(f"layers_per_block {self.layers_per_block!r}: want >= 1")
         if not 0 <= self.plain_levels < len(chans):

@@ -32,6 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import check_widths
+
 WEIGHTS_FILE = "vae.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.pt"
@@ -81,9 +83,7 @@ class ToyVAEConfig:
 
     def __post_init__(self) -> None:
         chans = tuple(self.block_out_channels)
-        if not chans or any(int(c) != c or c <= 0 or c % self.norm_num_groups for c in chans):
-            raise ValueError(f"block_out_channels {chans!r}: want one or more positive "
-                             f"multiples of norm_num_groups ({self.norm_num_groups})")
+        check_widths("block_out_channels", chans, self.norm_num_groups)
         if self.image_size % 2 ** (len(chans) - 1):
             raise ValueError(f"block_out_channels {chans!r}: {len(chans) - 1} downsamples do "
                              f"not tile frames of {self.image_size} px")
