@@ -334,3 +334,38 @@ def test_parts_of_another_shape_are_named(parts):
         make(parts, adapter=build_motion_adapter(other))
     with pytest.raises(ValueError, match=r"guided UNet of channels \(8, 16\).*\(16, 32\)"):
         make(parts, guided_unet=build_unet(other, 4, 16, WIDTH))
+
+
+def test_from_zoo_refuses_parts_of_another_latent(parts, tmp_path):
+    """A zoo whose UNet, guided UNet or motion module was trained on another VAE's latents
+    (a 16 × 16 UNet beside a 32 × 32 VAE, say) is refused by name at load: it would otherwise
+    render noise without an error."""
+    from rtdecode.zoo.vae import save_toy_vae
+
+    cfg, vae, unet, adapter = parts
+    zoo = tmp_path / "zoo"
+
+    def save(name, model, latent):
+        save_render_model("motion" if name == "motion" else "unet", model, cfg, zoo / name,
+                          cond_shape=(3 * TOKENS, WIDTH), latent_shape=latent)
+
+    for name, model in (("unet", unet), ("unet_guided", unet), ("motion", adapter)):
+        save(name, model, (4, 16, 16))
+    save_toy_vae(vae.model, ToyVAEConfig(block_out_channels=(8, 16, 16)), zoo / "vae",
+                 scaling_factor=1.0)
+    assert CVR.from_zoo(zoo).vae.latent_shape == (4, 16, 16)            # one zoo: loads
+    save("unet_guided", unet, (4, 32, 32))
+    with pytest.raises(ValueError, match=r"unet_guided was trained on latents \(4, 32, 32\), "
+                                         r"but the zoo's vae/ makes \(4, 16, 16\)"):
+        CVR.from_zoo(zoo)
+    save("unet_guided", unet, (4, 16, 16))
+    save("motion", adapter, (4, 32, 32))
+    with pytest.raises(ValueError, match=r"motion was trained on latents \(4, 32, 32\)"):
+        CVR.from_zoo(zoo)
+    assert CVR.from_zoo(zoo, motion=False).video_unet is None          # not loaded: no check
+    save("motion", adapter, (4, 16, 16))
+    finer = ToyVAEConfig(block_out_channels=(8, 16))
+    save_toy_vae(build_vae(finer), finer, zoo / "vae", scaling_factor=1.0)
+    with pytest.raises(ValueError, match=r"unet was trained on latents \(4, 16, 16\), but "
+                                         r"the zoo's vae/ makes \(4, 32, 32\)"):
+        CVR.from_zoo(zoo)

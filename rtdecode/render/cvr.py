@@ -177,6 +177,17 @@ def _check_shapes(unet, motion_adapter, guided_unet) -> None:
                              f"does not fit the UNet of channels {want[0]} and {want[1]}")
 
 
+def _check_latents_fit(path: Path, meta: dict[str, Any], vae_shape) -> None:
+    """A toy UNet, guided UNet or motion module works on the latents of the VAE it was
+    trained with (its config records their shape); with another VAE (say a 32 × 32-latent
+    one beside a 16 × 16 UNet) it would run and draw noise, so refuse it by name."""
+    got = meta.get("latent_shape")
+    if got is not None and tuple(got) != tuple(vae_shape):
+        raise ValueError(f"{path} was trained on latents {tuple(got)}, but the zoo's vae/ makes "
+                         f"{tuple(vae_shape)}: a renderer's UNet, guided UNet, motion module "
+                         "and VAE must come from one zoo")
+
+
 def make_scheduler(name: str, schedule: dict[str, Any]):
     """A diffusers scheduler of the toy zoo's noise schedule (``clip_sample`` off: latents)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -238,10 +249,14 @@ class CVR:
 
         zoo = Path(zoo)
         meta = render_meta(zoo / "unet", "unet")
-        adapter = load_motion_adapter(zoo / "motion") if motion and (zoo / "motion").exists() \
-            else None
+        vae = load_toy_vae(zoo / "vae")
+        use_motion = motion and (zoo / "motion").exists()
+        for name, kind in (("unet", "unet"), (GUIDED_DIR, "unet"), ("motion", "motion")):
+            if (zoo / name).exists() and (name != "motion" or use_motion):
+                _check_latents_fit(zoo / name, render_meta(zoo / name, kind), vae.latent_shape)
+        adapter = load_motion_adapter(zoo / "motion") if use_motion else None
         guided = load_unet(zoo / GUIDED_DIR) if (zoo / GUIDED_DIR).exists() else None
-        return cls(load_toy_vae(zoo / "vae"), load_unet(zoo / "unet"), adapter,
+        return cls(vae, load_unet(zoo / "unet"), adapter,
                    schedule=meta["scheduler"], levels=tuple(meta["cond"]["levels"]),
                    n_tokens=int(meta["cond"]["n_tokens"]), settings=settings, threads=threads,
                    guided_unet=guided)
