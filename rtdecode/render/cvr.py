@@ -251,8 +251,10 @@ class CVR:
         meta = render_meta(zoo / "unet", "unet")
         vae = load_toy_vae(zoo / "vae")
         use_motion = motion and (zoo / "motion").exists()
-        for name, kind in (("unet", "unet"), (GUIDED_DIR, "unet"), ("motion", "motion")):
-            if (zoo / name).exists() and (name != "motion" or use_motion):
+        _check_latents_fit(zoo / "unet", meta, vae.latent_shape)
+        for name, kind, used in ((GUIDED_DIR, "unet", (zoo / GUIDED_DIR).exists()),
+                                 ("motion", "motion", use_motion)):
+            if used:
                 _check_latents_fit(zoo / name, render_meta(zoo / name, kind), vae.latent_shape)
         adapter = load_motion_adapter(zoo / "motion") if use_motion else None
         guided = load_unet(zoo / GUIDED_DIR) if (zoo / GUIDED_DIR).exists() else None
