@@ -78,7 +78,7 @@ zoo: venv
 # The 32x32-latent renderer (README "The lever that moves shape: a finer latent"): better
 # than the shipped renderer from true semantics, worse on background and colour from decoded
 # ones, so it is not the shipped default. Trains its VAE, UNet, motion module, guided UNet
-# and MAD into $(ZOO32) (about 2.5 hours on 2 cores; every step resumes if interrupted),
+# and MAD into $(ZOO32) (about 3.3 hours on 2 cores; every step resumes if interrupted),
 # links the shipped clip, SAD, MLP, noise-free SAD, probe and fusion threshold beside them
 # and packs a complete float16 zoo into $(ZOO32)/packed: pass `--zoo $(ZOO32)/packed` to
 # replay, serve, fidelity, bench render, report.

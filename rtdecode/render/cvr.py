@@ -251,13 +251,14 @@ class CVR:
         meta = render_meta(zoo / "unet", "unet")
         vae = load_toy_vae(zoo / "vae")
         use_motion = motion and (zoo / "motion").exists()
+        use_guided = (zoo / GUIDED_DIR).exists()
         _check_latents_fit(zoo / "unet", meta, vae.latent_shape)
-        for name, kind, used in ((GUIDED_DIR, "unet", (zoo / GUIDED_DIR).exists()),
+        for name, kind, used in ((GUIDED_DIR, "unet", use_guided),
                                  ("motion", "motion", use_motion)):
             if used:
                 _check_latents_fit(zoo / name, render_meta(zoo / name, kind), vae.latent_shape)
         adapter = load_motion_adapter(zoo / "motion") if use_motion else None
-        guided = load_unet(zoo / GUIDED_DIR) if (zoo / GUIDED_DIR).exists() else None
+        guided = load_unet(zoo / GUIDED_DIR) if use_guided else None
         return cls(vae, load_unet(zoo / "unet"), adapter,
                    schedule=meta["scheduler"], levels=tuple(meta["cond"]["levels"]),
                    n_tokens=int(meta["cond"]["n_tokens"]), settings=settings, threads=threads,
