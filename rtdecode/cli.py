@@ -26,6 +26,17 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="TOML config (default: configs/toy.toml).")]
+SemanticsOpt = Annotated[str, typer.Option(
+    help="What conditions the renderer on decoded input: sad (SAD's token states), "
+         "attributes (captions composed from the zoo's attributes/ decoder) or auto "
+         "(attributes when the zoo has it).")]
+
+
+def _check_semantics(semantics: str) -> None:
+    from .render.worker import SEMANTICS
+
+    if semantics not in SEMANTICS:
+        raise ValueError(f"--semantics {semantics!r}: want one of {', '.join(SEMANTICS)}")
 
 
 def _fail(msg: str) -> None:
@@ -526,6 +537,7 @@ def _render_worker(zoo: Path, subject: str, steps: int, fusion_threshold: float 
                          "serve a decoder of the same voxel space and window (e.g. --model "
                          f"{zoo / 'sad'})")
     typer.echo(f"renderer: {zoo} ({steps} steps, MAD {'on' if worker.mad else 'off'}, "
+               f"conditioned on {'decoded attributes' if worker.captioner else 'SAD'}, "
                f"fusion threshold {fusion_threshold:g})", err=True)
     return worker
 
@@ -812,6 +824,7 @@ def bench_render_cmd(
     )] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
                       ] = None,
+    semantics: SemanticsOpt = "auto",
 ) -> None:
     """Seconds per 2-s clip (8 frames, 64x64) and quality (SSIM, CLIP-PCC, VIFI against the
     true clips): our few-step settings vs NeuroClips' (25 DDIM steps, CFG 8.5), same weights
@@ -827,12 +840,13 @@ def bench_render_cmd(
         root = data or Path(cfg.data.root)
         if data is None:
             _ensure_session(cfg, root)
+        _check_semantics(semantics)
         result = bench_render(zoo, root, cfg, n_clips=clips, inputs=inputs, threads=threads,
                               settings=CVRSettings(steps=steps, guidance=guidance,
                                                    anchor_guidance=anchor_guidance or None,
                                                    distilled_video=distilled),
                               progress=not as_json,
-                              interleave=not sequential)
+                              interleave=not sequential, semantics=semantics)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -1638,6 +1652,7 @@ def render_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
                       ] = None,
+    semantics: SemanticsOpt = "auto",
 ) -> None:
     """Reconstruct a test run offline: decode each clip's single-trial window (SAD, MAD),
     render it (CVR, with fusion) and write a side-by-side ground truth | reconstruction video
@@ -1651,9 +1666,11 @@ def render_cmd(
         if data is None:
             _ensure_session(cfg, root)
         out.parent.mkdir(parents=True, exist_ok=True)
+        _check_semantics(semantics)
         result = render_run(zoo, root, cfg, out, n_clips=clips, inputs=inputs,
                             settings=CVRSettings(steps=steps), fusion=fusion,
-                            threshold=threshold, threads=threads, progress=not as_json)
+                            threshold=threshold, threads=threads, progress=not as_json,
+                            semantics=semantics)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -1676,8 +1693,10 @@ def fidelity_cmd(
     conditions: Annotated[str, typer.Option(help="Comma-separated: true_frames, blurred "
                                                  "(true frames, Gaussian blur of 1 px), vae, "
                                                  "truth, text_only, motion_frames, decoded, "
-                                                 "decoded_captions (SAD + true latents), "
-                                                 "decoded_latents (true captions + MAD).")
+                                                 "decoded_captions (decoded semantics + "
+                                                 "true latents), decoded_latents (true "
+                                                 "captions + MAD), decoded_text (decoded "
+                                                 "semantics alone).")
                           ] = "true_frames,vae,truth,text_only,motion_frames,decoded",
     curve: Annotated[Path | None, typer.Option(help="A UNet training folder with snapshots/: "
                                                     "fidelity per snapshot instead (writes "
@@ -1699,6 +1718,7 @@ def fidelity_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
                       ] = None,
+    semantics: SemanticsOpt = "auto",
 ) -> None:
     """Render fidelity: background, colour, shape, position and motion accuracy of rendered
     test clips (attribute probe; toy CLIP zero-shot beside it), from true and from decoded
@@ -1726,8 +1746,10 @@ def fidelity_cmd(
         settings = CVRSettings(steps=steps, guidance=guidance, anchor_guidance=anchor_guidance,
                                anchor_strength=anchor_strength, video_strength=video_strength,
                                motion_module_fraction=motion_module_fraction)
+        _check_semantics(semantics)
         result = fidelity_report(zoo, root, cfg, classifier, n_clips=clips, conditions=conds,
-                                 settings=settings, progress=not as_json)
+                                 settings=settings, progress=not as_json,
+                                 semantics=semantics)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -1736,7 +1758,8 @@ def fidelity_cmd(
     from .render.fidelity import ATTRIBUTES
     from .simulator.stimuli import ATTRIBUTE_GROUPS
 
-    typer.echo(f"{result['clips']} test clips; attribute accuracy, probe (toy CLIP zero-shot)")
+    typer.echo(f"{result['clips']} test clips; attribute accuracy, probe (toy CLIP zero-shot)"
+               + (f"; decoded inputs: {result['semantics']}" if "semantics" in result else ""))
     typer.echo(f"{'condition':14}" + "".join(f"{a:>18}" for a in ATTRIBUTES))
     for cond in conds:
         r = result[cond]

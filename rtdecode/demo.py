@@ -170,7 +170,9 @@ def load_renderer(zoo: Path, subject: str, *, steps: int = 4,
     thr = calibrated(zoo, 0.8) if fusion_threshold is None else fusion_threshold
     worker = RenderWorker.from_zoo(zoo, subject, settings=CVRSettings(steps=steps),
                                    fusion_threshold=thr, threads=threads)
-    return worker, (f"render worker: SAD -> MAD {'on' if worker.mad else 'off'} -> CVR "
+    cond = "captions from decoded attributes" if worker.captioner else "SAD's semantics"
+    return worker, (f"render worker: SAD -> MAD {'on' if worker.mad else 'off'} -> CVR on "
+                    f"{cond} "
                     f"({steps} steps) -> fusion (threshold {thr:g}), {worker.frames} frames "
                     "per clip")
 

@@ -86,6 +86,10 @@ def tiny_zoo(small_session, tmp_path_factory):
     mad = MADConfig(subjects=vox, hidden=32, proj_rank=16, latent_shape=(4, 32, 32), patch=8,
                     width=16, heads=2, blocks=1, motion_tokens=4, token_dim=16)
     train_mad(data, lt, mad, tcfg, zoo / "mad", meta, progress=False)
+    # the attribute captioner's decoder: the ridge on the scene attributes
+    from rtdecode.ridge import train_model
+
+    train_model(sess, cfg).save(zoo / "attributes")
     sad_levels = sad_preset("toy", vox, refine_width=16, refine_layers=1, refine_heads=2,
                             levels=("anchor", "holistic"), **small)
     train_sad(data, CaptionTargets(sess.clips, clip, 4, ("anchor", "holistic")), sad_levels,

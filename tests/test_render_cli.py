@@ -31,7 +31,8 @@ def test_bench_render_json_shape(small_session, tiny_zoo):
     assert out["neuroclips"]["guidance"] == 8.5
     # 25 DDIM steps at the same strengths run many more UNet passes than 4 steps
     assert out["neuroclips"]["unet_evals_per_clip"] > 5 * out["ours"]["unet_evals_per_clip"]
-    assert out["inputs"] == "decoded/single_trial" and out["clips"] == 2
+    # the tiny zoo has an attributes/ decoder: by default the renderer reads its captions
+    assert out["inputs"] == "decoded+attributes/single_trial" and out["clips"] == 2
     assert out["interleaved"] and out["speedup_p50"] > 0
     assert out["ours"]["motion_module_fraction"] == 0.5
     assert out["neuroclips"]["motion_module_fraction"] == 1.0
@@ -65,10 +66,11 @@ def test_render_writes_the_side_by_side_video(small_session, tiny_zoo, tmp_path)
 
 def test_fidelity_conditions(small_session, tiny_zoo):
     conds = ("true_frames", "blurred", "vae", "truth", "text_only", "motion_frames",
-             "decoded", "decoded_captions", "decoded_latents")
+             "decoded", "decoded_captions", "decoded_latents", "decoded_text")
     out = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
               "4", "--conditions", ",".join(conds))
-    assert set(out) == {*conds, "clips"}
+    assert set(out) == {*conds, "clips", "semantics"}
+    assert out["semantics"] == "decoded+attributes/single_trial"
     for cond in conds:
         probe = out[cond]["probe"]
         assert set(probe) == {"background", "colour", "shape", "position", "motion"}
@@ -83,6 +85,10 @@ def test_fidelity_conditions(small_session, tiny_zoo):
     again = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
                 "4", "--conditions", "true_frames", "--probe", str(tiny_zoo / "probe"))
     assert again["true_frames"] == out["true_frames"]
+    # --semantics sad: SAD's token states instead; the renders (not the truth) change
+    sad = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
+              "4", "--conditions", "truth,decoded_text", "--semantics", "sad")
+    assert sad["semantics"] == "decoded/single_trial" and sad["truth"] == out["truth"]
 
 
 def test_fusion_calibration_separates_scenes(small_session, tiny_zoo, tmp_path):
@@ -110,6 +116,10 @@ def test_bad_inputs_are_clear_errors(small_session, tiny_zoo):
                                    str(small_session), "--config", str(DEFAULT_CONFIG),
                                    "--anchor-strength", "1.5"])
     assert res.exit_code != 0 and "1.5" in res.output
+    res = CliRunner().invoke(app, ["fidelity", "--zoo", str(tiny_zoo), "--data",
+                                   str(small_session), "--config", str(DEFAULT_CONFIG),
+                                   "--conditions", "truth", "--semantics", "words"])
+    assert res.exit_code != 0 and "--semantics 'words'" in res.output
     for flag, value in (("--channels", "96,wide"), ("--channels", "90,180"),
                         ("--layers-per-block", "0")):
         res = CliRunner().invoke(app, ["train", "unet", "--data", str(small_session),

@@ -119,6 +119,59 @@ def test_mismatched_components_raise_at_construction(cvr):
         RenderWorker(tiny_sad(50), cvr, "sub-09")
 
 
+def tiny_captioner(n_inputs: int):
+    """An attribute captioner on a random linear decoder of ``n_inputs`` and a tiny CLIP."""
+    import dataclasses
+
+    from rtdecode.engine import CaptionBank, DecoderModel, RidgeEngine
+    from rtdecode.render.captioner import AttributeCaptioner
+    from rtdecode.zoo.clip import ToyClip, ToyClipConfig, build_model
+
+    torch.manual_seed(3)
+    ccfg = dataclasses.replace(ToyClipConfig(), embed_dim=16, vision_width=16, text_width=16,
+                               vision_head_width=16, text_layers=1, vision_layers=(1,),
+                               text_heads=2)
+    from rtdecode.simulator.stimuli import ATTRIBUTE_GROUPS
+
+    dim = sum(len(v) for v in ATTRIBUTE_GROUPS.values())
+    coef = np.random.default_rng(4).standard_normal((dim, n_inputs)).astype(np.float32)
+    model = DecoderModel(RidgeEngine(coef, np.zeros(dim, np.float32)),
+                         CaptionBank(coef[:, :1].T, [{"clip_id": 0}]), None,
+                         {"kind": "ridge", "targets": "attributes"})
+    return AttributeCaptioner(model, ToyClip(build_model(ccfg), ccfg), LEVELS, TOKENS)
+
+
+def test_worker_renders_from_composed_captions(cvr):
+    plain = RenderWorker(tiny_sad(50), cvr, SUBJECT, mad=tiny_mad(50))
+    w = RenderWorker(tiny_sad(50), cvr, SUBJECT, mad=tiny_mad(50),
+                     captioner=tiny_captioner(50))
+    clip = w(_sem(2), _window(50, seed=5))
+    attrs = clip.meta["attributes"]
+    assert set(attrs) == {"background", "texture", "shape", "colour", "motion", "position",
+                          "size", "n_objects"}
+    assert f"{attrs['colour']} {attrs['shape']}" in clip.meta["caption"]
+    assert "captioner" in clip.meta["stage_seconds"]
+    # same window and seed: only the conditioning differs, and the clip with it
+    assert not np.array_equal(clip.frames, plain(_sem(2), _window(50, seed=5)).frames)
+    assert "caption" not in plain(_sem(2), _window(50, seed=5)).meta
+
+
+def test_worker_refuses_a_captioner_of_another_input(cvr):
+    with pytest.raises(ValueError, match="attribute captioner takes 40 inputs, SAD 50"):
+        RenderWorker(tiny_sad(50), cvr, SUBJECT, captioner=tiny_captioner(40))
+
+
+def test_load_captioner_by_semantics(cvr, tmp_path):
+    from rtdecode.render.worker import load_captioner
+
+    assert load_captioner(tmp_path, cvr, "sad") is None
+    assert load_captioner(tmp_path, cvr, "auto") is None  # no attributes/ in this zoo
+    with pytest.raises(FileNotFoundError, match="no attributes/.*rtdecode train ridge"):
+        load_captioner(tmp_path, cvr, "attributes")
+    with pytest.raises(ValueError, match="semantics 'words'"):
+        load_captioner(tmp_path, cvr, "words")
+
+
 @pytest.fixture(scope="module")
 def model_and_run(small_session):
     sess = load_session(small_session, SUBJECT)

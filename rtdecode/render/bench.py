@@ -41,10 +41,11 @@ def quality(rendered: np.ndarray, truth: np.ndarray, clip_model) -> dict[str, fl
 
 
 def load_inputs(kind: str, root: Path, cfg, zoo: Path, cvr: CVR, clip_model, n_clips: int,
-                condition: str = "single_trial") -> tuple[RenderInputs, np.ndarray,
-                                                          list[dict]]:
+                condition: str = "single_trial", semantics: str = "auto"
+                ) -> tuple[RenderInputs, np.ndarray, list[dict]]:
     """(inputs, true clips (n, T, H, W, 3), caption records) for the first ``n_clips`` test
-    windows of the session's first subject."""
+    windows of the session's first subject. ``semantics`` (decoded inputs): ``"sad"``,
+    ``"attributes"`` or ``"auto"``, as :meth:`RenderWorker.from_zoo` takes it."""
     from ..data import load_session
     from ..engine import check_provenance, provenance
     from ..models.evaluate import eval_windows
@@ -65,8 +66,13 @@ def load_inputs(kind: str, root: Path, cfg, zoo: Path, cvr: CVR, clip_model, n_c
         prov = provenance(session, cfg)
         for meta in (sad_meta, mad_meta):
             check_provenance(meta, subject, prov)
-        inp = decoded_inputs(sad, mad, d)
-        inp.source = f"decoded/{condition}"
+        from .worker import load_captioner
+
+        captioner = load_captioner(zoo, cvr, semantics)
+        if captioner is not None:
+            captioner.model.check_compatible(prov)
+        inp = decoded_inputs(sad, mad, d, captioner=captioner)
+        inp.source = f"{inp.source}/{condition}"
     else:
         inp = truth_inputs(d.clip_ids, session.clips, frames, clip_model, load_toy_vae(zoo / "vae"),
                            cvr)
@@ -121,7 +127,7 @@ def _interleaved(cvr: CVR, inp: RenderInputs, named: dict[str, CVRSettings], pro
 def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = "decoded",
                  threads: int | None = 2, settings: CVRSettings | None = None,
                  progress: bool = True, warmup: bool = True, cvr: CVR | None = None,
-                 interleave: bool = True) -> dict[str, Any]:
+                 interleave: bool = True, semantics: str = "auto") -> dict[str, Any]:
     """Both settings on the same clips; JSON-ready figures and their ratios. ``warmup``:
     one untimed render per setting first (first-call allocations); ``cvr``: a loaded
     renderer of ``zoo`` to use (its settings are replaced by ``settings``); ``interleave``:
@@ -137,7 +143,8 @@ def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = 
     elif settings is not None:
         cvr.settings = settings
     clip_model = load_toy_clip(zoo / "clip")
-    inp, truth, _ = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips)
+    inp, truth, _ = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips,
+                                semantics=semantics)
     named = {"ours": cvr.settings, "neuroclips": NEUROCLIPS}
     if warmup:
         for s in named.values():

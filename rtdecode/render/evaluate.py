@@ -2,8 +2,9 @@
 
 - :func:`truth_inputs`: ground-truth semantics (the toy CLIP's token states of the true captions)
   and true motion latents (the toy VAE's latents of the true frames) — the renderer alone.
-- :func:`decoded_inputs`: what the live pipeline feeds CVR — SAD's decoded token states and
-  MAD's decoded latents from the test windows (single-trial or repeat-averaged).
+- :func:`decoded_inputs`: what the live pipeline feeds CVR — SAD's decoded token states (or,
+  with an attribute captioner, the captions it composes) and MAD's decoded latents from the
+  test windows (single-trial or repeat-averaged).
 - :func:`render_clips`: render many clips with one settings object, optionally with
   multi-fMRI fusion, and time them.
 """
@@ -29,6 +30,7 @@ class RenderInputs:
     semantics: np.ndarray           # (n, levels, tokens, width)
     latents: np.ndarray | None      # (n, frames, C, h, w) or None (text only)
     source: str                     # "truth" | "decoded/single_trial" | ...
+    captions: list[dict] | None = None  # the composed captions (attribute captioner)
 
 
 @dataclass
@@ -54,8 +56,12 @@ def truth_inputs(clip_ids: np.ndarray, records: dict[int, dict], frames: np.ndar
     return RenderInputs(ids, sem, z, "truth" if latents else "truth/text_only")
 
 
-def decoded_inputs(sad, mad, windows, subject_steps: int | None = None) -> RenderInputs:
-    """SAD tokens and MAD latents decoded from one condition's windows (``SubjectData``)."""
+def decoded_inputs(sad, mad, windows, subject_steps: int | None = None, captioner=None
+                   ) -> RenderInputs:
+    """SAD tokens and MAD latents decoded from one condition's windows (``SubjectData``);
+    with ``captioner`` (:class:`~rtdecode.render.captioner.AttributeCaptioner`) the
+    semantics are the token states of the captions it composes (window ``i`` worded with
+    seed ``i``), as the render worker does; SAD's motion level still steers MAD."""
     from ..models.evaluate import decode_mad, decode_sad
 
     sem = decode_sad(sad, windows, subject_steps)
@@ -64,7 +70,10 @@ def decoded_inputs(sad, mad, windows, subject_steps: int | None = None) -> Rende
         motion = sem[:, list(sad.cfg.levels).index("motion")] if "motion" in sad.cfg.levels \
             else None
         lat = decode_mad(mad, windows, motion)
-    return RenderInputs(np.asarray(windows.clip_ids), sem, lat, "decoded")
+    if captioner is None:
+        return RenderInputs(np.asarray(windows.clip_ids), sem, lat, "decoded")
+    tok, caps = captioner(windows.X, range(len(windows.X)))
+    return RenderInputs(np.asarray(windows.clip_ids), tok, lat, "decoded+attributes", caps)
 
 
 def render_clips(cvr: CVR, inputs: RenderInputs, settings: CVRSettings | None = None, *,
@@ -114,11 +123,16 @@ def fidelity(rendered: np.ndarray, records: list[dict[str, Any]], probe, clip_mo
     return out
 
 
+#: the fidelity conditions that decode the test windows
+DECODED_CONDITIONS = ("motion_frames", "decoded", "decoded_captions", "decoded_latents",
+                      "decoded_text")
+
+
 def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
                     conditions: tuple[str, ...] = ("true_frames", "vae", "truth", "text_only",
                                                    "decoded"),
                     settings: CVRSettings | None = None, unet_weights=None,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, semantics: str = "auto") -> dict[str, Any]:
     """Attribute accuracy (probe and toy CLIP) of the first ``n_clips`` test clips per
     condition: ``true_frames`` (the classifiers' ceiling), ``blurred`` (the true frames under
     a Gaussian blur of :data:`BLURRED_SIGMA` pixels: whether a classifier takes soft edges for
@@ -129,7 +143,10 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
     single-trial windows through all three stages, as live), and the two halves of
     ``decoded`` swapped in one at a time, which tells which decoder bounds it:
     ``decoded_captions`` (SAD's semantics with the true latents) and ``decoded_latents`` (the
-    true captions with MAD's latents). ``unet_weights``: a snapshot
+    true captions with MAD's latents), and ``decoded_text`` (the decoded semantics alone, no
+    latents). ``semantics``: what the decoded semantics are — SAD's token states (``"sad"``),
+    the attribute captioner's captions (``"attributes"``) or, ``"auto"``, as the render
+    worker picks (attributes when the zoo has ``attributes/``). ``unet_weights``: a snapshot
     file to load instead of the final weights (the training curve)."""
     from pathlib import Path
 
@@ -164,15 +181,21 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
         elif cond == "text_only":
             inp = RenderInputs(truth_in.clip_ids, truth_in.semantics, None, "truth/text_only")
             clips = render_clips(cvr, inp, progress=progress).clips
-        elif cond in ("decoded", "motion_frames", "decoded_captions", "decoded_latents"):
+        elif cond in DECODED_CONDITIONS:
             if decoded is None:
-                decoded, _, _ = load_inputs("decoded", root, cfg, zoo, cvr, clip_model, n_clips)
+                decoded, _, _ = load_inputs("decoded", root, cfg, zoo, cvr, clip_model, n_clips,
+                                            semantics=semantics)
+                out["semantics"] = decoded.source
                 assert np.array_equal(decoded.clip_ids, truth_in.clip_ids)  # same windows
             if cond == "decoded":
                 clips = render_clips(cvr, decoded, progress=progress).clips
             elif cond == "decoded_captions":
                 inp = RenderInputs(decoded.clip_ids, decoded.semantics, truth_in.latents,
                                    "decoded captions + true latents")
+                clips = render_clips(cvr, inp, progress=progress).clips
+            elif cond == "decoded_text":
+                inp = RenderInputs(decoded.clip_ids, decoded.semantics, None,
+                                   "decoded semantics only")
                 clips = render_clips(cvr, inp, progress=progress).clips
             elif decoded.latents is None:
                 raise ValueError(f"condition {cond!r} needs MAD (mad/ in the zoo)")
@@ -186,8 +209,7 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
                 clips = clips.reshape(*z.shape[:2], *clips.shape[1:])
         else:
             raise ValueError(f"condition {cond!r}: want one of true_frames, blurred, vae, "
-                             "truth, text_only, motion_frames, decoded, decoded_captions, "
-                             "decoded_latents")
+                             "truth, text_only, " + ", ".join(DECODED_CONDITIONS))
         out[cond] = fidelity(clips, records, probe, clip_model)
     out["clips"] = len(records)
     return out

@@ -34,9 +34,12 @@ def fusion_threshold(zoo: Path, default: float = 0.9) -> float:
 def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
                inputs: str = "decoded", settings: CVRSettings | None = None,
                fusion: bool = True, threshold: float | None = None, scale: int = 4,
-               threads: int | None = 2, progress: bool = True) -> dict[str, Any]:
+               threads: int | None = 2, progress: bool = True, semantics: str = "auto"
+               ) -> dict[str, Any]:
     """Render the first ``n_clips`` clips of the first test run and write ``out`` (MP4 or GIF)
-    as a mosaic. Returns per-clip captions, chain ids and timings."""
+    as a mosaic. Returns per-clip captions, chain ids and timings. ``semantics``: as
+    :func:`~rtdecode.render.bench.load_inputs` takes it (the decoded caption shown is then
+    the composed one, else the caption bank's nearest to SAD's semantics)."""
     import torch
 
     from ..data import load_session
@@ -50,7 +53,8 @@ def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
         torch.set_num_threads(threads)
     cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
     clip_model = load_toy_clip(zoo / "clip")
-    inp, truth, records = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips)
+    inp, truth, records = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips,
+                                      semantics=semantics)
     if threshold is None:
         threshold = fusion_threshold(zoo)
     fuse = Fusion(clip_model.encode_image, threshold) if fusion else None
@@ -62,11 +66,13 @@ def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
     panels, rows = [], []
     for i, rec in enumerate(records):
         cap, score = best[i][0]
+        if inp.captions is not None:  # the attribute captioner's own caption
+            cap, score = inp.captions[i], None
         decoded = cap.get("basic") or cap.get("anchor", "")
         panels.append(mosaic(truth[i], r.clips[i], decoded, truth_caption=rec.get("basic"),
                              scale=scale))
         rows.append({"clip_id": int(inp.clip_ids[i]), "decoded": decoded,
-                     "truth": rec.get("basic"), "score": round(score, 4),
+                     "truth": rec.get("basic"), "score": None if score is None else round(score, 4),
                      "chain_id": r.chain_ids[i] if r.chain_ids else None,
                      "scene_id": rec.get("scene_id"), "seconds": round(r.seconds[i], 3)})
     fps = truth.shape[1] / 2.0  # 8 frames per 2-s clip

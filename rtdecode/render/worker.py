@@ -6,7 +6,9 @@ volumes). It has ``takes_window = True``, so the daemon calls it as ``worker(sem
 window)`` with the float32 voxel window its engine decoded, and it runs the neural decoders
 itself:
 
-1. SAD decodes the window to token states ``(levels, tokens, dim)``;
+1. SAD decodes the window to token states ``(levels, tokens, dim)``; with an attribute
+   captioner, the renderer is conditioned on the captions composed from the window's
+   decoded attributes instead (SAD's motion level still steers MAD);
 2. MAD (optional) decodes per-frame VAE latents, cross-attending to SAD's motion level;
 3. CVR renders the keyframe (stages 1 and 2);
 4. fusion (optional) compares the keyframe with the previous clip's and chains the clip to it
@@ -59,13 +61,18 @@ class RenderWorker:
         Clip at TR *k* is sampled with seed ``seed + k``.
     threads:
         torch threads for a render (None: leave torch's setting).
+    captioner:
+        An :class:`~rtdecode.render.captioner.AttributeCaptioner`, or None (CVR takes SAD's
+        token states). With one, each clip's header carries the composed ``caption``
+        (holistic level) and the decoded ``attributes``.
     """
 
     takes_window = True
 
     def __init__(self, sad: SAD, cvr: CVR, subject: str, *, mad: MAD | None = None,
                  fusion: Fusion | None = None, fps: float = 4.0, frames: int | None = None,
-                 sad_steps: int | None = None, seed: int = 0, threads: int | None = None):
+                 sad_steps: int | None = None, seed: int = 0, threads: int | None = None,
+                 captioner=None):
         c = sad.cfg
         width = int(cvr.unet.config.cross_attention_dim)
         errors = []
@@ -95,6 +102,15 @@ class RenderWorker:
                 errors.append(f"MAD token_dim {m.token_dim} != SAD token_dim {c.token_dim}")
             if frames is not None and frames != m.n_frames:
                 errors.append(f"frames {frames} != MAD n_frames {m.n_frames}")
+        if captioner is not None:
+            if tuple(captioner.levels) != tuple(cvr.levels) or captioner.n_tokens != \
+                    cvr.n_tokens:
+                errors.append(f"captioner layout {tuple(captioner.levels)} x "
+                              f"{captioner.n_tokens} tokens != CVR's {tuple(cvr.levels)} x "
+                              f"{cvr.n_tokens}")
+            if subject in sad.proj and captioner.n_inputs != in_features(sad.proj[subject]):
+                errors.append(f"the attribute captioner takes {captioner.n_inputs} inputs, "
+                              f"SAD {in_features(sad.proj[subject])} for {subject!r}")
         if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
             errors.append(f"fps {fps!r}: want a number > 0")
         if frames is not None and frames < 1:
@@ -109,6 +125,7 @@ class RenderWorker:
         self.fps = float(fps)
         self.frames = mad.cfg.n_frames if mad is not None else (frames or 8)
         self.sad_steps, self.seed, self.threads = sad_steps, int(seed), threads
+        self.captioner = captioner
         self._session: str | None = None
         self._next_chain = 0
 
@@ -116,10 +133,13 @@ class RenderWorker:
     @classmethod
     def from_zoo(cls, zoo_dir: str | Path, subject: str, *,
                  settings: CVRSettings | None = None, fusion_threshold: float | None = 0.8,
-                 threads: int | None = None, **kw) -> RenderWorker:
+                 threads: int | None = None, semantics: str = "auto", **kw) -> RenderWorker:
         """The toy zoo's worker: ``sad/``, ``mad/`` (optional), the renderer's ``vae/``,
         ``unet/``, ``motion/`` (optional) and, for fusion (``fusion_threshold`` not None), the
-        toy CLIP ``clip/`` as keyframe embedder. ``kw`` go to the constructor."""
+        toy CLIP ``clip/`` as keyframe embedder. ``semantics``: what conditions the renderer,
+        ``"sad"`` (SAD's token states), ``"attributes"`` (captions composed from the zoo's
+        ``attributes/`` decoder) or ``"auto"`` (attributes when the zoo has the decoder).
+        ``kw`` go to the constructor."""
         from ..models.train import load_checkpoint
         from ..zoo.clip import load_toy_clip
 
@@ -138,10 +158,12 @@ class RenderWorker:
             if not isinstance(mad, MAD):
                 raise ValueError(f"{zoo / 'mad'}: holds a {type(mad).__name__}, not a MAD")
         cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings(), threads=threads)
+        captioner = load_captioner(zoo, cvr, semantics)
         fusion = None
         if fusion_threshold is not None:
             fusion = Fusion(load_toy_clip(zoo / "clip").encode_image, fusion_threshold)
-        return cls(sad, cvr, subject, mad=mad, fusion=fusion, threads=threads, **kw)
+        return cls(sad, cvr, subject, mad=mad, fusion=fusion, threads=threads,
+                   captioner=captioner, **kw)
 
     # ------------------------------------------------------------------ rendering
     def _check_window(self, window: np.ndarray) -> np.ndarray:
@@ -185,6 +207,12 @@ class RenderWorker:
                     latents = self.mad(xt, self.subject, motion)[0].numpy()
                 secs["mad"] = time.perf_counter() - t1
                 sem_tokens = tokens.numpy()
+                caption = None
+                if self.captioner is not None:
+                    t3 = time.perf_counter()
+                    toks, caps = self.captioner(x[None], [seed])
+                    sem_tokens, caption = toks[0], caps[0]
+                    secs["captioner"] = time.perf_counter() - t3
                 chained, similarity = False, None
                 if self.fusion is None:
                     out = self.cvr(sem_tokens, latents, frames=self.frames, settings=settings)
@@ -208,5 +236,29 @@ class RenderWorker:
         stage["total"] = round(sum(stage.values()), 4)
         meta = {"chained": chained, "similarity": similarity, "stage_seconds": stage,
                 "unet_evals": out.unet_evals, "seed": seed}
+        if caption is not None:
+            meta.update(caption=caption["holistic"], attributes=caption["attributes"])
         return Clip(clip_id=clip_id, chain_id=chain_id, tr_index=clip_id, frames=out.frames,
                     fps=self.fps, session=sem.session, meta=meta)
+
+
+#: what may condition the renderer (``RenderWorker.from_zoo``'s ``semantics``)
+SEMANTICS = ("auto", "sad", "attributes")
+
+
+def load_captioner(zoo: str | Path, cvr: CVR, semantics: str = "auto"):
+    """The zoo's :class:`~rtdecode.render.captioner.AttributeCaptioner` for ``semantics``
+    ``"attributes"`` (an error without ``attributes/``) or ``"auto"`` (None without it);
+    None for ``"sad"``."""
+    from .captioner import ZOO_NAME, AttributeCaptioner
+
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics {semantics!r}: want one of {', '.join(SEMANTICS)}")
+    have = (Path(zoo) / ZOO_NAME).is_dir()
+    if semantics == "sad" or (semantics == "auto" and not have):
+        return None
+    if not have:
+        raise FileNotFoundError(f"{zoo}: no {ZOO_NAME}/ decoder for semantics 'attributes': "
+                                f"train it with `rtdecode train ridge --out "
+                                f"{Path(zoo) / ZOO_NAME}`")
+    return AttributeCaptioner.from_zoo(zoo, cvr.levels, cvr.n_tokens)

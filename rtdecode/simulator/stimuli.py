@@ -289,6 +289,29 @@ def describe(spec: ClipSpec, rng: np.random.Generator) -> dict[str, str]:
     return {"basic": basic, "anchor": anchor, "motion": motion, "holistic": holistic}
 
 
+def caption_attributes(attrs: dict[str, str], rng: np.random.Generator,
+                       frame_size: int = 64) -> dict[str, str]:
+    """Captions at the SemMiner levels for a scene given only by its attributes (one
+    object: the attribute groups describe the first), as :func:`describe` words them.
+
+    The captioner of decoded attributes: ``attrs`` needs every :data:`ATTRIBUTE_GROUPS` name
+    but ``n_objects`` (ignored), each with a value from its vocabulary.
+    """
+    bad = [f"{k}={attrs.get(k)!r}" for k in ATTRIBUTE_GROUPS
+           if k != "n_objects" and attrs.get(k) not in ATTRIBUTE_GROUPS[k]]
+    if bad:
+        raise ValueError("caption_attributes: unknown or missing attribute values: "
+                         + ", ".join(bad))
+    k = POSITIONS.index(attrs["position"])
+    cell = frame_size / 3
+    obj = ObjectState(attrs["shape"], attrs["colour"], (k % 3 + 0.5) * cell,
+                      (k // 3 + 0.5) * cell, 12.0 if attrs["size"] == "large" else 8.0,
+                      size_class=attrs["size"])
+    spec = ClipSpec(0, 0, False, attrs["background"], attrs["texture"], [obj],
+                    [attrs["motion"]], frame_size=frame_size)
+    return describe(spec, rng)
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 
