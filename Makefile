@@ -64,6 +64,7 @@ zoo: venv
 	$(RT) train mad --data $(STUDY) --config configs/study.toml --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/mad --epochs 12
 	$(RT) train probe --data $(STUDY) --out runs/zoo/probe --steps 3000
 	$(RT) train fusion --data $(STUDY) --clip runs/zoo/clip --out runs/zoo/fusion.json
+	$(RT) train ridge --data $(STUDY) --config configs/study.toml --out runs/zoo/attributes
 	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/unet_sd15 --steps 2600 --threads 1
 	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --init runs/zoo/unet_sd15 --schedule zero_snr --lr 1e-4 --out runs/zoo/unet_zsnr --steps 1800 --threads 1
 	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --init runs/zoo/unet_zsnr --schedule zero_snr --lr 1e-4 --object-weight 8 --out runs/zoo/unet --steps 1200 --threads 1
@@ -79,7 +80,8 @@ zoo: venv
 # than the shipped renderer from true semantics, worse on background and colour from decoded
 # ones, so it is not the shipped default. Trains its VAE, UNet, motion module, guided UNet
 # and MAD into $(ZOO32) (about 3.3 hours on 2 cores; every step resumes if interrupted),
-# links the shipped clip, SAD, MLP, noise-free SAD, probe and fusion threshold beside them
+# links the shipped clip, SAD, MLP, noise-free SAD, probe, fusion threshold and attribute
+# decoder beside them
 # and packs a complete float16 zoo into $(ZOO32)/packed: pass `--zoo $(ZOO32)/packed` to
 # replay, serve, fidelity, bench render, report.
 ZOO32 ?= runs/zoo32
@@ -92,7 +94,7 @@ zoo32: venv
 	$(RT) train motion --data $(STUDY) --clip $(SHIPPED)/clip --vae $(ZOO32)/vae --unet $(ZOO32)/unet --out $(ZOO32)/motion --steps 600 --object-weight 8
 	$(TRAIN_UNET32) --init $(ZOO32)/unet --lr 1e-4 --distill-guidance 3 --out $(ZOO32)/unet_guided --steps 800
 	$(RT) train mad --data $(STUDY) --config configs/study.toml --clip $(SHIPPED)/clip --vae $(ZOO32)/vae --out $(ZOO32)/mad --epochs 12
-	for m in clip sad mlp noise_free probe fusion.json; do ln -sfn $(abspath $(SHIPPED))/$$m $(ZOO32)/$$m; done
+	for m in clip sad mlp noise_free probe fusion.json attributes; do ln -sfn $(abspath $(SHIPPED))/$$m $(ZOO32)/$$m; done
 	$(RT) zoo pack $(ZOO32) $(ZOO32)/packed
 
 # serve start-up time and RSS, onnxruntime vs torch; needs `rtdecode export --model

@@ -817,6 +817,10 @@ def bench_render_cmd(
     distilled: Annotated[bool, typer.Option(
         "--distilled/--no-distilled", help="Our stage 3 on the zoo's guidance-distilled UNet "
                                            "(unet_guided/), when it has one.")] = True,
+    anchor_strength: Annotated[float, typer.Option(help="Our stage 2 strength (0-1).")] = 0.8,
+    video_strength: Annotated[float, typer.Option(help="Our stage 3 strength (0-1).")] = 0.8,
+    motion_module_fraction: Annotated[float, typer.Option(
+        help="Our stage 3: share of its steps that run the motion module.")] = 0.3,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     sequential: Annotated[bool, typer.Option(
         "--sequential", help="Time all of ours, then all of NeuroClips' (default: they take "
@@ -844,7 +848,11 @@ def bench_render_cmd(
         result = bench_render(zoo, root, cfg, n_clips=clips, inputs=inputs, threads=threads,
                               settings=CVRSettings(steps=steps, guidance=guidance,
                                                    anchor_guidance=anchor_guidance or None,
-                                                   distilled_video=distilled),
+                                                   distilled_video=distilled,
+                                                   anchor_strength=anchor_strength,
+                                                   video_strength=video_strength,
+                                                   motion_module_fraction=motion_module_fraction
+                                                   ),
                               progress=not as_json,
                               interleave=not sequential, semantics=semantics)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
@@ -1708,10 +1716,10 @@ def fidelity_cmd(
     anchor_strength: Annotated[float, typer.Option(help="Stage 2: how far the first motion "
                                                         "frame is re-noised (0-1).")] = 0.8,
     video_strength: Annotated[float, typer.Option(help="Stage 3: how far the motion latents "
-                                                       "are re-noised (0-1).")] = 0.6,
+                                                       "are re-noised (0-1).")] = 0.8,
     motion_module_fraction: Annotated[float, typer.Option(
         help="Stage 3: share of its steps (the first ones) that run the motion module "
-             "(1 = every step).")] = 0.5,
+             "(1 = every step).")] = 0.3,
     probe: Annotated[Path | None, typer.Option(help="Attribute probe folder (default: "
                                                     "ZOO/probe).")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,

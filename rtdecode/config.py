@@ -190,8 +190,8 @@ class RenderConfig:
                                    doc="stage 2's own guidance (0 = guidance's): on the toy "
                                        "zoo 4 lifts decoded colour, costs some position")
     anchor_strength: float = param(0.8, gt=0.0, le=1.0, doc="stage 2 img2img strength")
-    video_strength: float = param(0.6, gt=0.0, le=1.0, doc="stage 3 video-to-video strength")
-    motion_module_fraction: float = param(0.5, gt=0.0, le=1.0,
+    video_strength: float = param(0.8, gt=0.0, le=1.0, doc="stage 3 video-to-video strength")
+    motion_module_fraction: float = param(0.3, gt=0.0, le=1.0,
                                           doc="stage 3: share of its steps (the first ones) "
                                               "that run the motion module (1 = every step)")
     distilled_video: bool = param(True, doc="stage 3 on the zoo's guidance-distilled UNet "

@@ -80,3 +80,25 @@ def test_captioner_reads_words_and_encodes_the_attributes(clip):
 def test_captioner_refuses_a_decoder_of_other_targets(clip):
     with pytest.raises(ValueError, match="targets 'captions'.*want 'attributes'"):
         AttributeCaptioner(identity_decoder("captions"), clip, LEVELS, 4)
+
+
+def test_zoo_decoder_reads_the_attributes_and_packs(tiny_zoo, small_session, tmp_path):
+    """The tiny zoo's attributes/ (the ridge on the scene attributes): the captioner loads it
+    beside the zoo's CLIP, names the training clips' attributes above chance, and `zoo pack`
+    carries it over unchanged."""
+    from rtdecode.config import DEFAULT_CONFIG, load_config
+    from rtdecode.data import load_session
+    from rtdecode.models.train import subject_windows
+    from rtdecode.zoo.pack import pack_zoo
+
+    cap = AttributeCaptioner.from_zoo(tiny_zoo, LEVELS, 4)
+    sess = load_session(small_session, "sub-03")
+    w = subject_windows(sess, load_config(DEFAULT_CONFIG), "train")
+    got = cap.attributes(w.X)
+    truth = [sess.clips[int(c)]["attributes"] for c in w.clip_ids]
+    bg = np.mean([g["background"] == t["background"] for g, t in zip(got, truth)])
+    assert bg > 0.5  # chance 1/6; fitted on these windows
+    sizes = pack_zoo(tiny_zoo, tmp_path / "packed")
+    assert sizes["attributes"] > 0
+    packed = AttributeCaptioner.from_zoo(tmp_path / "packed", LEVELS, 4)
+    assert packed.attributes(w.X) == got

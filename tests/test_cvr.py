@@ -60,8 +60,8 @@ def test_three_stages_shapes_and_dtypes(parts, scheduler):
     assert out.frames.shape == (8, 64, 64, 3) and out.frames.dtype == np.uint8
     assert out.motion_frames.shape == (8, 64, 64, 3) and out.motion_frames.dtype == np.uint8
     assert out.anchor_frame.shape == (64, 64, 3) and out.anchor_frame.dtype == np.uint8
-    # img2img: round(4 * 0.8) = 3 anchor steps; video-to-video: round(4 * 0.6) = 2 steps
-    assert out.unet_evals == 3 + 2
+    # img2img: round(4 * 0.8) = 3 anchor steps; video-to-video: round(4 * 0.8) = 3 steps
+    assert out.unet_evals == 3 + 3
     assert set(out.seconds) == {"motion", "anchor", "video", "total"}
     # the first frame is tied to the anchor frame
     np.testing.assert_array_equal(out.frames[0], out.anchor_frame)
@@ -91,7 +91,7 @@ def test_text_only_and_guidance(parts):
     sem, _ = inputs()
     out = cvr(sem, None, frames=4)
     assert out.frames.shape == (4, 64, 64, 3)
-    assert out.unet_evals == 4 + 2  # stage 2 from noise runs every step
+    assert out.unet_evals == 4 + 3  # stage 2 from noise runs every step
     g = cvr(sem, None, frames=4, settings=CVRSettings(guidance=3.0))
     assert g.unet_evals == out.unet_evals  # a guided step is one (doubled) batch
     assert not np.array_equal(g.frames, out.frames)
@@ -109,7 +109,7 @@ def test_first_frame_replaces_the_anchor(parts):
     sem, z = inputs()
     tail = np.full((64, 64, 3), 200, np.uint8)
     out = cvr(sem, z, first_frame=tail)
-    assert out.unet_evals == 2  # stage 2 skipped
+    assert out.unet_evals == 3  # stage 2 skipped
     np.testing.assert_array_equal(out.frames[0], tail)
     # the anchor is the tail frame through the VAE: close to it in colour, not to a fresh one
     fresh = cvr(sem, z).anchor_frame
@@ -242,6 +242,7 @@ def test_anchor_then_video_is_the_single_call(parts):
 def test_motion_module_in_the_first_video_steps(parts):
     s = CVRSettings()
     assert s.motion_module_steps(2) == 1 and s.motion_module_steps(1) == 1
+    assert s.motion_module_steps(3) == 1 and s.motion_module_steps(4) == 2
     assert CVRSettings(motion_module_fraction=0.3).motion_module_steps(10) == 3
     assert NEUROCLIPS.motion_module_fraction == 1.0 and NEUROCLIPS.motion_module_steps(15) == 15
     assert CVRSettings(use_motion_module=False).motion_module_steps(2) == 0
@@ -253,6 +254,37 @@ def test_motion_module_in_the_first_video_steps(parts):
     every = cvr(sem, z, settings=CVRSettings(motion_module_fraction=1.0)).frames.astype(int)
     none = cvr(sem, z, settings=CVRSettings(use_motion_module=False)).frames.astype(int)
     assert np.abs(half - every).sum() > 0 and np.abs(half - none).sum() > 0
+
+
+def test_frame_by_frame_steps_skip_the_tied_first_frame(parts):
+    """With frame 0 tied to the anchor, the image-UNet steps of stage 3 predict frames 1..T-1
+    only (frame 0's prediction would be discarded); the clip is what predicting all T gives."""
+    cvr = make(parts)
+    sem, z = inputs()
+    s = CVRSettings(steps=4, video_strength=1.0, motion_module_fraction=0.25)
+    batches = []
+    real = cvr._eps
+
+    def record(unet, x, t, c, n_frames, *a, **kw):
+        batches.append((n_frames, x.shape[0]))
+        return real(unet, x, t, c, n_frames, *a, **kw)
+
+    cvr._eps = record
+    skipped = cvr(sem, z, settings=s)
+    # stage 2: 3 single-frame steps; stage 3: 1 video step, then 3 image steps on 7 frames
+    assert batches[-3:] == [(None, 7)] * 3 and batches[-4][0] == 8
+
+    def all_frames(unet, x, t, c, n_frames, *a, **kw):
+        if n_frames is None and x.shape[0] == 7:  # predict a frame 0 too, then drop it
+            x = torch.cat([torch.randn_like(x[:1]), x])
+            c = torch.cat([c[:1], c])
+            return real(unet, x, t, c, None, *a, **kw)[1:]
+        return real(unet, x, t, c, n_frames, *a, **kw)
+
+    cvr._eps = all_frames
+    full = cvr(sem, z, settings=s)
+    np.testing.assert_array_equal(full.frames[0], skipped.frames[0])
+    assert np.abs(full.frames.astype(int) - skipped.frames.astype(int)).max() <= 1
 
 
 def test_anchor_guidance_guides_stage_2_only(parts):

@@ -29,12 +29,12 @@ def test_bench_render_json_shape(small_session, tiny_zoo):
         assert 0.0 <= r["clip_pcc"] <= 1.0
     assert out["ours"]["steps"] == 4 and out["neuroclips"]["steps"] == 25
     assert out["neuroclips"]["guidance"] == 8.5
-    # 25 DDIM steps at the same strengths run many more UNet passes than 4 steps
+    # 25 DDIM steps (strengths 0.8 / 0.6) run many more UNet passes than our 4 (0.8 / 0.8)
     assert out["neuroclips"]["unet_evals_per_clip"] > 5 * out["ours"]["unet_evals_per_clip"]
     # the tiny zoo has an attributes/ decoder: by default the renderer reads its captions
     assert out["inputs"] == "decoded+attributes/single_trial" and out["clips"] == 2
     assert out["interleaved"] and out["speedup_p50"] > 0
-    assert out["ours"]["motion_module_fraction"] == 0.5
+    assert out["ours"]["motion_module_fraction"] == 0.3
     assert out["neuroclips"]["motion_module_fraction"] == 1.0
     # taking turns clip by clip renders the same clips as one setting after the other
     seq = run("bench", "render", "--zoo", str(tiny_zoo), "--data", str(small_session),

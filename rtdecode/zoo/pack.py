@@ -4,7 +4,8 @@ curves; optimizer states are left behind.
 A zoo folder holds ``clip/``, ``vae/`` and any of ``sad/``, ``mlp/``, ``noise_free/``,
 ``mad/`` (SAD/MAD checkpoint folders, see :mod:`rtdecode.models.train`), the renderer's
 ``unet/``, ``motion/`` and the guidance-distilled ``unet_guided/`` (:mod:`rtdecode.zoo.unet`),
-the fidelity ``probe/`` and the fusion threshold ``fusion.json``.
+the fidelity ``probe/``, the fusion threshold ``fusion.json`` and the attribute captioner's
+decoder ``attributes/`` (a ridge model folder, copied as it is: float32, 3 MB).
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ def pack_zoo(src: str | Path, dst: str | Path) -> dict[str, int]:
             shutil.copy2(src / "probe" / f, dst / "probe" / f)
     if (src / "fusion.json").is_file():
         shutil.copy2(src / "fusion.json", dst / "fusion.json")
-    for name in ("clip", "vae", *DECODERS, *RENDER, "probe"):
+    if (src / "attributes").is_dir():
+        from ..engine import DecoderModel
+
+        DecoderModel.load(src / "attributes").save(dst / "attributes")
+    for name in ("clip", "vae", *DECODERS, *RENDER, "probe", "attributes"):
         if not (dst / name).is_dir():
             continue
         for side in SIDE_FILES:
