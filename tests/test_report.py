@@ -26,7 +26,8 @@ def test_eval_render_has_the_video_metrics(small_session, tiny_zoo):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     for cond in ("single_trial", "averaged"):
-        for method in ("sad", "mlp", "ridge", "ceiling"):
+        # attributes: the live default, captions composed from the zoo's attributes/ decoder
+        for method in ("sad", "attributes", "mlp", "ridge", "ceiling"):
             r = out[cond][method]
             for k in N_WAY:
                 assert 0.0 <= r[k] <= 1.0 and 0.0 <= r[f"{k}_pm"] <= 0.5, (cond, method, k)

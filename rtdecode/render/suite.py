@@ -8,6 +8,10 @@ same settings, clip ``i`` sampled with seed ``i`` for every method), and
 
 - ``sad`` (ours): SAD's decoded token states, MAD's latents (MAD cross-attending to SAD's
   decoded motion level) → CVR;
+- ``attributes`` (ours, the live default): captions composed from the scene attributes the
+  zoo's ``attributes/`` ridge reads from the window
+  (:class:`~rtdecode.render.captioner.AttributeCaptioner`), MAD's latents (cross-attending
+  to SAD's motion level) → CVR;
 - ``mlp``: the MLP baseline's token states, MAD's latents (fed the MLP's motion level) → CVR;
 - ``ridge``: a ridge regression fitted at evaluation time on the training windows, one to the
   flattened caption token states and one to the flattened VAE latents of the clip's frames
@@ -33,7 +37,7 @@ from ..simulator.stimuli import BACKGROUNDS, COLOURS, SHAPES
 from .cvr import CVR, CVRSettings
 from .evaluate import RenderInputs, decoded_inputs, render_clips, truth_inputs
 
-METHODS = ("sad", "mlp", "ridge", "ceiling")
+METHODS = ("sad", "attributes", "mlp", "ridge", "ceiling")
 CONDITIONS = ("single_trial", "averaged")
 
 
@@ -145,6 +149,14 @@ def method_inputs(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, Subjec
             _check_layout(name, model, cvr)
             mad = zoo.mad if se.knows(zoo.mad) else None
             out[name] = {c: decoded_inputs(model, mad, d) for c, d in picks.items()}
+    if "attributes" in methods and se.knows(zoo.sad) and (zoo.path / "attributes").is_dir():
+        from .worker import load_captioner
+
+        captioner = load_captioner(zoo.path, cvr, "attributes")
+        captioner.model.check_compatible(se.provenance)
+        mad = zoo.mad if se.knows(zoo.mad) else None
+        out["attributes"] = {c: decoded_inputs(zoo.sad, mad, d, captioner=captioner)
+                             for c, d in picks.items()}
     if "ridge" in methods:
         out["ridge"] = _ridge_method(se, cvr, vae, frames, picks, ridge)
     if "ceiling" in methods:

@@ -13,7 +13,8 @@ CONDITIONS = ("single_trial", "averaged")
 METHODS = {
     "ridge": "ridge (fitted at report time)",
     "mlp": "MLP baseline (+ MAD → CVR)",
-    "sad": "**SAD/MAD + CVR (ours)**",
+    "sad": "SAD/MAD + CVR (ours, SAD's semantics)",
+    "attributes": "**attribute captions + MAD → CVR (ours, live default)**",
     "noise_free": "ceiling: SAD on noise-free BOLD (captions)",
     "oracle": "ceiling: oracle (captions)",
     "ceiling": "ceiling: CVR from true captions and latents (video)",

@@ -46,7 +46,8 @@ class ReportOptions:
     replay_speed: float | None = 10.0  # latency replay pace (x real time; None: max speed)
     threads: int = 2                  # torch threads
     warmup: bool = True               # untimed warm-up render before timing NeuroClips
-    video_methods: tuple[str, ...] = ("sad", "mlp", "ridge", "ceiling")  # rendered methods
+    video_methods: tuple[str, ...] = ("sad", "attributes", "mlp", "ridge",
+                                      "ceiling")  # rendered methods
     ablations: Path | None = None     # folder of SAD ablation checkpoints
     quick: bool = False
 
@@ -67,10 +68,10 @@ class ReportOptions:
                 raise ValueError(f"{name} {getattr(self, name)}: want >= 1")
         if not self.lags or min(self.lags) < 0:
             raise ValueError(f"lags {self.lags}: want HRF lags >= 0")
-        bad = set(self.video_methods) - {"sad", "mlp", "ridge", "ceiling"}
+        bad = set(self.video_methods) - {"sad", "attributes", "mlp", "ridge", "ceiling"}
         if bad or not self.video_methods:
-            raise ValueError(f"video_methods {self.video_methods}: want some of sad, mlp, "
-                             "ridge, ceiling")
+            raise ValueError(f"video_methods {self.video_methods}: want some of sad, "
+                             "attributes, mlp, ridge, ceiling")
         if self.replay_speed is not None and not self.replay_speed > 0:
             raise ValueError(f"replay_speed {self.replay_speed}: want > 0 (None: max speed)")
 
@@ -184,7 +185,8 @@ def evaluation(ctx: Context) -> tuple[dict, Any]:
         r["levels"] = level_scores(se, o.ablations, None, o.trials)
     suite = video_suite(se, ctx.cvr, o.render_clips, o.trials, progress=ctx.progress,
                         methods=o.video_methods, ridge=ctx.train_ridge)
-    skipped = [m for m in ("sad", "mlp", "ridge", "ceiling") if m not in o.video_methods]
+    skipped = [m for m in ("sad", "attributes", "mlp", "ridge", "ceiling")
+               if m not in o.video_methods]
     if skipped:
         ctx.note(f"video metrics not measured for {', '.join(skipped)} (options)")
     for cond, by_method in suite.metrics.items():
