@@ -288,6 +288,11 @@ def _format_demo_summary(s: dict, out: Path, journal: Path) -> str:
                      f"{len(a['groups'])} right {a['all']:.2f}")
         lines.append("              " + ", ".join(f"{g} {v:.2f}"
                                                   for g, v in a["groups"].items()))
+    r = acc.get("rendered_attributes")
+    if r is not None:
+        lines.append(f"              rendered from captions of decoded attributes ({r['n']} live "
+                     f"clips): attributes right {r['mean']:.2f}")
+        lines.append("              " + ", ".join(f"{g} {v:.2f}" for g, v in r["groups"].items()))
     i = acc["identification"]
     if i is not None and i.get("caption_2way") is not None:
         fifty = i.get("caption_50way")

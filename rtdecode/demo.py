@@ -389,6 +389,21 @@ def attribute_scores(live: LiveResult, session: Session) -> dict | None:
             "chance_mean": float(np.mean(list(chance.values()))), "n": len(pairs)}
 
 
+def render_attribute_scores(live: LiveResult) -> dict | None:
+    """Per attribute group, how often the attributes a live clip was rendered from (its
+    ``video`` header's ``attributes``: the attribute captioner's) match the shown clip's;
+    None when no live clip carries them (SAD's semantics, or no renderer)."""
+    pairs = [(v["header"]["attributes"], live.truth[k]["attributes"])
+             for k, v in live.videos.items()
+             if isinstance(v["header"].get("attributes"), dict) and k in live.truth
+             and live.truth[k].get("attributes")]
+    if not pairs:
+        return None
+    groups = [g for g in pairs[0][1] if g in pairs[0][0]]
+    per = {g: float(np.mean([got[g] == want[g] for got, want in pairs])) for g in groups}
+    return {"groups": per, "mean": float(np.mean(list(per.values()))), "n": len(pairs)}
+
+
 def identification_scores(live: LiveResult, targets, session: Session,
                           trials: int = 100) -> dict | None:
     """2-way / 50-way caption identification of the live final semantics: the shown clip's
@@ -436,7 +451,8 @@ def summarize(live: LiveResult, session: Session, decoding: Decoding, *, rendere
         "decoder": decoding.describe,
         "captions": {"finals": len(live.finals), "expected": live.n_expected,
                      "with_ground_truth": sum(k in live.truth for k in live.finals)},
-        "accuracy": {"attributes": attrs, "identification": ident},
+        "accuracy": {"attributes": attrs, "identification": ident,
+                     "rendered_attributes": render_attribute_scores(live)},
         "latency": {"volume_to_caption": pct("end_to_end"), "decode": pct("decode"),
                     "render": pct("render")},
         "daemon": {k: int(c[k]) for k in ("received", "decoded", "malformed", "dropped",

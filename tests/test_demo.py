@@ -84,6 +84,18 @@ def test_demo_live_captions_video_and_summary(small_session, tiny_zoo, tmp_path)
     assert v["clips"] == len(run.clip_ids) and v["after"] >= 1
     assert v["live"] + v["after"] + v["dropped"] == len(run.clip_ids)
     assert v["live"] == sum(k in s["renders"]["live_clips"] for k in run.stim_trs.tolist())
+    # the tiny zoo has an attributes/ decoder: live clips carry the attributes they were
+    # rendered from, scored against the shown clip
+    ra = acc["rendered_attributes"]
+    if v["live"]:
+        assert ra["n"] == v["live"] and 0 <= ra["mean"] <= 1
+        assert {"background", "colour", "shape", "position", "motion"} <= set(ra["groups"])
+        from rtdecode.cli import _format_demo_summary
+
+        text = _format_demo_summary(s, out, out / "journal.jsonl")
+        assert f"rendered from captions of decoded attributes ({ra['n']} live" in text
+    else:
+        assert ra is None
     from rtdecode.render.video import read_video
 
     frames = read_video(Path(v["path"]))
