@@ -170,6 +170,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the video, journal and summary go.")
                    ] = Path("runs/demo"),
     render_steps: Annotated[int, typer.Option(help="Sampling steps of the renderer.")] = 4,
+    semantics: SemanticsOpt = "auto",
     fill_budget: Annotated[float, typer.Option(help="Seconds to spend, after the run, "
                                                     "rendering clips the live renderer "
                                                     "dropped (the rest are marked in the "
@@ -203,6 +204,7 @@ def demo(
                 raise ValueError(f"{name} {value:g}: must be "
                                  + ("> 0" if name == "--speed" else ">= 0"
                                     if name == "--fill-budget" else ">= 1"))
+        _check_semantics(semantics)
         cfg = load_config(config if config is not None else DEMO_CONFIG)
         root = data or Path(cfg.data.root)
         t0 = time.perf_counter()
@@ -215,7 +217,8 @@ def demo(
             raise DataError(f"{root}: {subject} has no test run {run}")
         decoding = d.load_decoder(cfg, zoo, session, the_run)
         say(f"decoder: {decoding.describe}")
-        renderer, render_note = d.load_renderer(zoo, subject, steps=render_steps)
+        renderer, render_note = d.load_renderer(zoo, subject, steps=render_steps,
+                                                semantics=semantics)
         say(render_note if renderer is None else f"renderer: {render_note}")
         timings["load"] = time.perf_counter() - t0
     except (ConfigError, DataError, ValueError, FileNotFoundError, BackendUnavailable) as exc:
@@ -436,6 +439,7 @@ def serve(
                                               "falls behind skips clips, never volumes.")
                       ] = False,
     render_steps: Annotated[int, typer.Option(help="Sampling steps of the renderer.")] = 4,
+    semantics: SemanticsOpt = "auto",
     zoo: Annotated[Path, typer.Option(help="Model zoo for --render: sad/, mad/, vae/, unet/, "
                                            "motion/, clip/ (default: the shipped toy zoo).")
                    ] = ZOO_DIR,
@@ -476,7 +480,7 @@ def serve(
                 raise ModelMismatch(f"{mask}: mask hash {got} differs from the model's {want} "
                                     "(the model was trained on another voxel space)")
         worker = _render_worker(zoo, subject, render_steps, fusion_threshold,
-                                dec.engine.n_inputs) if render else None
+                                dec.engine.n_inputs, semantics) if render else None
         src = open_source(ep, recv_timeout_s=idle_exit, stop_on_eos=once,
                           max_bytes=int(cfg.stream.max_message_mb * 2**20))
     except (ConfigError, DataError, ValueError, FileNotFoundError, TimeoutError,
@@ -523,7 +527,7 @@ def _check_render_zoo(zoo: Path) -> None:
 
 
 def _render_worker(zoo: Path, subject: str, steps: int, fusion_threshold: float | None,
-                   n_inputs: int):
+                   n_inputs: int, semantics: str = "auto"):
     """``serve --render``'s worker from the zoo, checked against the decoder's input."""
     _check_render_zoo(zoo)
     try:
@@ -534,8 +538,9 @@ def _render_worker(zoo: Path, subject: str, steps: int, fusion_threshold: float 
         raise RuntimeError(f"--render needs torch and diffusers: {exc}") from exc
     if fusion_threshold is None:
         fusion_threshold = calibrated(zoo)
+    _check_semantics(semantics)
     worker = RenderWorker.from_zoo(zoo, subject, settings=CVRSettings(steps=steps),
-                                   fusion_threshold=fusion_threshold)
+                                   fusion_threshold=fusion_threshold, semantics=semantics)
     if worker.n_voxels != n_inputs:
         raise ValueError(f"--render: the decoder takes {n_inputs} inputs per window, the "
                          f"zoo's SAD ({zoo / 'sad'}) takes {worker.n_voxels} for {subject!r}; "

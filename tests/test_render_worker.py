@@ -279,6 +279,12 @@ def test_from_zoo_and_serve_render_checks(cvr, tmp_path):
     assert _render_worker(zoo, SUBJECT, 1, 0.8, 50).n_voxels == 50
     with pytest.raises(ValueError, match="decoder takes 900 inputs"):
         _render_worker(zoo, SUBJECT, 1, 0.8, 900)
+    # --semantics: this zoo has no attributes/ decoder
+    assert _render_worker(zoo, SUBJECT, 1, 0.8, 50, "auto").captioner is None
+    with pytest.raises(FileNotFoundError, match="no attributes/"):
+        _render_worker(zoo, SUBJECT, 1, 0.8, 50, "attributes")
+    with pytest.raises(ValueError, match="--semantics 'words'"):
+        _render_worker(zoo, SUBJECT, 1, 0.8, 50, "words")
 
 
 def test_save_clip_writes_mp4_and_raw_frames(tmp_path):
