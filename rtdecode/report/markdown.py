@@ -310,34 +310,41 @@ def verdicts(r: dict) -> tuple[list[str], list[str]]:
     hold: list[str] = []
     ev = r["evaluation"]
     reps = r["meta"]["test_repeats"]
-    for cond in CONDITIONS:
-        ours = ev[cond].get("sad")
-        if ours is None:
-            continue
-        for base in ("ridge", "mlp"):
-            other = ev[cond].get(base)
-            if other is None:
+    # ours: SAD's semantics against the baselines; the attribute captions (the live default,
+    # video only) against them and against SAD's semantics
+    for mine, me, bases in (("sad", "SAD/MAD + CVR", ("ridge", "mlp")),
+                            ("attributes", "attribute captions + MAD → CVR",
+                             ("ridge", "mlp", "sad"))):
+        for cond in CONDITIONS:
+            ours = ev[cond].get(mine)
+            if ours is None:
                 continue
-            keys = [("caption_2way", "caption 2-way", True),
-                    ("caption_50way", "caption 50-way", True), *VIDEO]
-            lost = [f"{label} {fmt(ours.get(k))} vs {fmt(other.get(k))}" for k, label, hi in keys
-                    if _better(other.get(k), ours.get(k), hi, _noise(ours, other, k))]
-            won = [label for k, label, hi in keys
-                   if _better(ours.get(k), other.get(k), hi, _noise(ours, other, k))]
-            who = METHODS[base].split(" (")[0]
-            if lost:
-                lose.append(f"{_cond(cond, reps)}: {who} beats SAD/MAD + CVR on "
-                            + "; ".join(lost) + ".")
-            if won:
-                hold.append(f"{_cond(cond, reps)}: SAD/MAD + CVR beats {who} on "
-                            + ", ".join(won) + ".")
-        ceil = ev[cond].get("ceiling")
-        if ceil is not None and _better(ceil.get("video_50way"), ours.get("video_50way"), True,
-                                        _noise(ceil, ours, "video_50way")):
-            lose.append(f"{_cond(cond, reps)}: the renderer's ceiling (true inputs) reaches "
-                        f"video 50-way {fmt(ceil['video_50way'])}, SSIM {fmt(ceil['ssim'])}, "
-                        f"CLIP-PCC {fmt(ceil['clip_pcc'])}; ours {fmt(ours['video_50way'])}, "
-                        f"{fmt(ours['ssim'])}, {fmt(ours['clip_pcc'])}.")
+            for base in bases:
+                other = ev[cond].get(base)
+                if other is None:
+                    continue
+                keys = [("caption_2way", "caption 2-way", True),
+                        ("caption_50way", "caption 50-way", True), *VIDEO]
+                lost = [f"{label} {fmt(ours.get(k))} vs {fmt(other.get(k))}"
+                        for k, label, hi in keys
+                        if _better(other.get(k), ours.get(k), hi, _noise(ours, other, k))]
+                won = [label for k, label, hi in keys
+                       if _better(ours.get(k), other.get(k), hi, _noise(ours, other, k))]
+                who = METHODS[base].split(" (")[0]
+                if lost:
+                    lose.append(f"{_cond(cond, reps)}: {who} beats {me} on "
+                                + "; ".join(lost) + ".")
+                if won:
+                    hold.append(f"{_cond(cond, reps)}: {me} beats {who} on "
+                                + ", ".join(won) + ".")
+            ceil = ev[cond].get("ceiling")
+            if ceil is not None and _better(ceil.get("video_50way"), ours.get("video_50way"),
+                                            True, _noise(ceil, ours, "video_50way")):
+                lose.append(f"{_cond(cond, reps)}: the renderer's ceiling (true inputs) reaches "
+                            f"video 50-way {fmt(ceil['video_50way'])}, SSIM "
+                            f"{fmt(ceil['ssim'])}, CLIP-PCC {fmt(ceil['clip_pcc'])}; {me} "
+                            f"{fmt(ours['video_50way'])}, {fmt(ours['ssim'])}, "
+                            f"{fmt(ours['clip_pcc'])}.")
     _preprocessing_verdict(r, lose, hold)
     _fusion_verdict(r, lose, hold)
     _sampling_verdict(r, lose, hold)
