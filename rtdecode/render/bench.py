@@ -68,7 +68,7 @@ def load_inputs(kind: str, root: Path, cfg, zoo: Path, cvr: CVR, clip_model, n_c
             check_provenance(meta, subject, prov)
         from .worker import load_captioner
 
-        captioner = load_captioner(zoo, cvr, semantics)
+        captioner = load_captioner(zoo, cvr, semantics, clip_model)
         if captioner is not None:
             captioner.model.check_compatible(prov)
         inp = decoded_inputs(sad, mad, d, captioner=captioner)

@@ -56,13 +56,17 @@ class AttributeCaptioner:
         self.levels = tuple(self.levels)
 
     @classmethod
-    def from_zoo(cls, zoo: str | Path, levels, n_tokens: int) -> AttributeCaptioner:
-        """The zoo's ``attributes/`` decoder with its ``clip/`` text encoder."""
+    def from_zoo(cls, zoo: str | Path, levels, n_tokens: int, clip_model=None
+                 ) -> AttributeCaptioner:
+        """The zoo's ``attributes/`` decoder with its ``clip/`` text encoder (``clip_model``:
+        that encoder, already loaded)."""
         from ..zoo.clip import load_toy_clip
 
         zoo = Path(zoo)
-        return cls(DecoderModel.load(zoo / ZOO_NAME), load_toy_clip(zoo / "clip"),
-                   tuple(levels), int(n_tokens))
+        if clip_model is None:
+            clip_model = load_toy_clip(zoo / "clip")
+        return cls(DecoderModel.load(zoo / ZOO_NAME), clip_model, tuple(levels),
+                   int(n_tokens))
 
     @property
     def n_inputs(self) -> int:

@@ -72,8 +72,14 @@ def decoded_inputs(sad, mad, windows, subject_steps: int | None = None, captione
         lat = decode_mad(mad, windows, motion)
     if captioner is None:
         return RenderInputs(np.asarray(windows.clip_ids), sem, lat, "decoded")
+    return captioned_inputs(captioner, windows, lat)
+
+
+def captioned_inputs(captioner, windows, latents: np.ndarray | None) -> RenderInputs:
+    """The attribute captioner's token states of ``windows`` (window ``i`` worded with seed
+    ``i``) with already decoded ``latents``."""
     tok, caps = captioner(windows.X, range(len(windows.X)))
-    return RenderInputs(np.asarray(windows.clip_ids), tok, lat, "decoded+attributes", caps)
+    return RenderInputs(np.asarray(windows.clip_ids), tok, latents, "decoded+attributes", caps)
 
 
 def render_clips(cvr: CVR, inputs: RenderInputs, settings: CVRSettings | None = None, *,

@@ -60,14 +60,15 @@ def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
     fuse = Fusion(clip_model.encode_image, threshold) if fusion else None
     r = render_clips(cvr, inp, fusion=fuse, progress=progress)
 
-    session = load_session(root, _subject(root, zoo))
-    bank = caption_bank(session, clip_model, cvr.n_tokens, cvr.levels)
-    best = bank.nearest(pooled(inp.semantics))
+    if inp.captions is not None:  # the attribute captioner's own captions
+        best = [[(c, None)] for c in inp.captions]
+    else:  # the caption bank's nearest to the decoded semantics
+        session = load_session(root, _subject(root, zoo))
+        bank = caption_bank(session, clip_model, cvr.n_tokens, cvr.levels)
+        best = bank.nearest(pooled(inp.semantics))
     panels, rows = [], []
     for i, rec in enumerate(records):
         cap, score = best[i][0]
-        if inp.captions is not None:  # the attribute captioner's own caption
-            cap, score = inp.captions[i], None
         decoded = cap.get("basic") or cap.get("anchor", "")
         panels.append(mosaic(truth[i], r.clips[i], decoded, truth_caption=rec.get("basic"),
                              scale=scale))

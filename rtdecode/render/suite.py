@@ -35,7 +35,7 @@ import numpy as np
 from ..models.train import SubjectData
 from ..simulator.stimuli import BACKGROUNDS, COLOURS, SHAPES
 from .cvr import CVR, CVRSettings
-from .evaluate import RenderInputs, decoded_inputs, render_clips, truth_inputs
+from .evaluate import RenderInputs, captioned_inputs, decoded_inputs, render_clips, truth_inputs
 
 METHODS = ("sad", "attributes", "mlp", "ridge", "ceiling")
 CONDITIONS = ("single_trial", "averaged")
@@ -152,11 +152,15 @@ def method_inputs(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, Subjec
     if "attributes" in methods and se.knows(zoo.sad) and (zoo.path / "attributes").is_dir():
         from .worker import load_captioner
 
-        captioner = load_captioner(zoo.path, cvr, "attributes")
+        captioner = load_captioner(zoo.path, cvr, "attributes", zoo.clip)
         captioner.model.check_compatible(se.provenance)
-        mad = zoo.mad if se.knows(zoo.mad) else None
-        out["attributes"] = {c: decoded_inputs(zoo.sad, mad, d, captioner=captioner)
-                             for c, d in picks.items()}
+        if "sad" in out:  # same windows, same MAD latents: only the semantics differ
+            out["attributes"] = {c: captioned_inputs(captioner, d, out["sad"][c].latents)
+                                 for c, d in picks.items()}
+        else:
+            mad = zoo.mad if se.knows(zoo.mad) else None
+            out["attributes"] = {c: decoded_inputs(zoo.sad, mad, d, captioner=captioner)
+                                 for c, d in picks.items()}
     if "ridge" in methods:
         out["ridge"] = _ridge_method(se, cvr, vae, frames, picks, ridge)
     if "ceiling" in methods:

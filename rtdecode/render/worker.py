@@ -160,8 +160,9 @@ class RenderWorker:
         cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings(), threads=threads)
         captioner = load_captioner(zoo, cvr, semantics)
         fusion = None
-        if fusion_threshold is not None:
-            fusion = Fusion(load_toy_clip(zoo / "clip").encode_image, fusion_threshold)
+        if fusion_threshold is not None:  # the toy CLIP once, shared with the captioner
+            clip = captioner.clip_model if captioner else load_toy_clip(zoo / "clip")
+            fusion = Fusion(clip.encode_image, fusion_threshold)
         return cls(sad, cvr, subject, mad=mad, fusion=fusion, threads=threads,
                    captioner=captioner, **kw)
 
@@ -246,10 +247,10 @@ class RenderWorker:
 SEMANTICS = ("auto", "sad", "attributes")
 
 
-def load_captioner(zoo: str | Path, cvr: CVR, semantics: str = "auto"):
+def load_captioner(zoo: str | Path, cvr: CVR, semantics: str = "auto", clip_model=None):
     """The zoo's :class:`~rtdecode.render.captioner.AttributeCaptioner` for ``semantics``
     ``"attributes"`` (an error without ``attributes/``) or ``"auto"`` (None without it);
-    None for ``"sad"``."""
+    None for ``"sad"``. ``clip_model``: the zoo's toy CLIP, if already loaded."""
     from .captioner import ZOO_NAME, AttributeCaptioner
 
     if semantics not in SEMANTICS:
@@ -261,4 +262,4 @@ def load_captioner(zoo: str | Path, cvr: CVR, semantics: str = "auto"):
         raise FileNotFoundError(f"{zoo}: no {ZOO_NAME}/ decoder for semantics 'attributes': "
                                 f"train it with `rtdecode train ridge --out "
                                 f"{Path(zoo) / ZOO_NAME}`")
-    return AttributeCaptioner.from_zoo(zoo, cvr.levels, cvr.n_tokens)
+    return AttributeCaptioner.from_zoo(zoo, cvr.levels, cvr.n_tokens, clip_model)
