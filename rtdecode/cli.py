@@ -30,13 +30,23 @@ SemanticsOpt = Annotated[str, typer.Option(
     help="What conditions the renderer on decoded input: sad (SAD's token states), "
          "attributes (captions composed from the zoo's attributes/ decoder) or auto "
          "(attributes when the zoo has it).")]
+LatentsOpt = Annotated[str, typer.Option(
+    help="CVR's motion latents on decoded input: mad (MAD's decoded latents), sketch (a "
+         "layout sketch of the attributes the attribute captioner decodes; needs it) or "
+         "auto (the sketch with the captioner, else MAD's).")]
 
 
-def _check_semantics(semantics: str) -> None:
+def _check_semantics(semantics: str, latents: str = "auto") -> None:
+    from .render.layout import LATENTS
     from .render.worker import SEMANTICS
 
     if semantics not in SEMANTICS:
         raise ValueError(f"--semantics {semantics!r}: want one of {', '.join(SEMANTICS)}")
+    if latents not in LATENTS:
+        raise ValueError(f"--latents {latents!r}: want one of {', '.join(LATENTS)}")
+    if latents == "sketch" and semantics == "sad":
+        raise ValueError("--latents sketch draws the attributes the attribute captioner "
+                         "decodes: it does not go with --semantics sad")
 
 
 def _fail(msg: str) -> None:
@@ -171,6 +181,7 @@ def demo(
                    ] = Path("runs/demo"),
     render_steps: Annotated[int, typer.Option(help="Sampling steps of the renderer.")] = 4,
     semantics: SemanticsOpt = "auto",
+    latents: LatentsOpt = "auto",
     fill_budget: Annotated[float, typer.Option(help="Seconds to spend, after the run, "
                                                     "rendering clips the live renderer "
                                                     "dropped (the rest are marked in the "
@@ -204,7 +215,7 @@ def demo(
                 raise ValueError(f"{name} {value:g}: must be "
                                  + ("> 0" if name == "--speed" else ">= 0"
                                     if name == "--fill-budget" else ">= 1"))
-        _check_semantics(semantics)
+        _check_semantics(semantics, latents)
         cfg = load_config(config if config is not None else DEMO_CONFIG)
         root = data or Path(cfg.data.root)
         t0 = time.perf_counter()
@@ -218,7 +229,7 @@ def demo(
         decoding = d.load_decoder(cfg, zoo, session, the_run)
         say(f"decoder: {decoding.describe}")
         renderer, render_note = d.load_renderer(zoo, subject, steps=render_steps,
-                                                semantics=semantics)
+                                                semantics=semantics, latents=latents)
         say(render_note if renderer is None else f"renderer: {render_note}")
         timings["load"] = time.perf_counter() - t0
     except (ConfigError, DataError, ValueError, FileNotFoundError, BackendUnavailable) as exc:
@@ -440,6 +451,7 @@ def serve(
                       ] = False,
     render_steps: Annotated[int, typer.Option(help="Sampling steps of the renderer.")] = 4,
     semantics: SemanticsOpt = "auto",
+    latents: LatentsOpt = "auto",
     zoo: Annotated[Path, typer.Option(help="Model zoo for --render: sad/, mad/, vae/, unet/, "
                                            "motion/, clip/ (default: the shipped toy zoo).")
                    ] = ZOO_DIR,
@@ -480,7 +492,7 @@ def serve(
                 raise ModelMismatch(f"{mask}: mask hash {got} differs from the model's {want} "
                                     "(the model was trained on another voxel space)")
         worker = _render_worker(zoo, subject, render_steps, fusion_threshold,
-                                dec.engine.n_inputs, semantics) if render else None
+                                dec.engine.n_inputs, semantics, latents) if render else None
         src = open_source(ep, recv_timeout_s=idle_exit, stop_on_eos=once,
                           max_bytes=int(cfg.stream.max_message_mb * 2**20))
     except (ConfigError, DataError, ValueError, FileNotFoundError, TimeoutError,
@@ -527,7 +539,7 @@ def _check_render_zoo(zoo: Path) -> None:
 
 
 def _render_worker(zoo: Path, subject: str, steps: int, fusion_threshold: float | None,
-                   n_inputs: int, semantics: str = "auto"):
+                   n_inputs: int, semantics: str = "auto", latents: str = "auto"):
     """``serve --render``'s worker from the zoo, checked against the decoder's input."""
     _check_render_zoo(zoo)
     try:
@@ -538,9 +550,10 @@ def _render_worker(zoo: Path, subject: str, steps: int, fusion_threshold: float 
         raise RuntimeError(f"--render needs torch and diffusers: {exc}") from exc
     if fusion_threshold is None:
         fusion_threshold = calibrated(zoo)
-    _check_semantics(semantics)
+    _check_semantics(semantics, latents)
     worker = RenderWorker.from_zoo(zoo, subject, settings=CVRSettings(steps=steps),
-                                   fusion_threshold=fusion_threshold, semantics=semantics)
+                                   fusion_threshold=fusion_threshold, semantics=semantics,
+                                   latents=latents)
     if worker.n_voxels != n_inputs:
         raise ValueError(f"--render: the decoder takes {n_inputs} inputs per window, the "
                          f"zoo's SAD ({zoo / 'sad'}) takes {worker.n_voxels} for {subject!r}; "
@@ -827,8 +840,12 @@ def bench_render_cmd(
     distilled: Annotated[bool, typer.Option(
         "--distilled/--no-distilled", help="Our stage 3 on the zoo's guidance-distilled UNet "
                                            "(unet_guided/), when it has one.")] = True,
-    anchor_strength: Annotated[float, typer.Option(help="Our stage 2 strength (0-1).")] = 0.8,
-    video_strength: Annotated[float, typer.Option(help="Our stage 3 strength (0-1).")] = 0.8,
+    anchor_strength: Annotated[float | None, typer.Option(
+        help="Our stage 2 strength (0-1; default: by the latents, 0.3 for the layout "
+             "sketch's or true ones, 0.8 for MAD's).")] = None,
+    video_strength: Annotated[float | None, typer.Option(
+        help="Our stage 3 strength (0-1; default: by the latents, as --anchor-strength)."
+    )] = None,
     motion_module_fraction: Annotated[float, typer.Option(
         help="Our stage 3: share of its steps that run the motion module.")] = 0.3,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -839,6 +856,7 @@ def bench_render_cmd(
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
                       ] = None,
     semantics: SemanticsOpt = "auto",
+    latents: LatentsOpt = "auto",
 ) -> None:
     """Seconds per 2-s clip (8 frames, 64x64) and quality (SSIM, CLIP-PCC, VIFI against the
     true clips): our few-step settings vs NeuroClips' (25 DDIM steps, CFG 8.5), same weights
@@ -854,7 +872,7 @@ def bench_render_cmd(
         root = data or Path(cfg.data.root)
         if data is None:
             _ensure_session(cfg, root)
-        _check_semantics(semantics)
+        _check_semantics(semantics, latents)
         result = bench_render(zoo, root, cfg, n_clips=clips, inputs=inputs, threads=threads,
                               settings=CVRSettings(steps=steps, guidance=guidance,
                                                    anchor_guidance=anchor_guidance or None,
@@ -864,7 +882,8 @@ def bench_render_cmd(
                                                    motion_module_fraction=motion_module_fraction
                                                    ),
                               progress=not as_json,
-                              interleave=not sequential, semantics=semantics)
+                              interleave=not sequential, semantics=semantics,
+                              latents=latents)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -1671,6 +1690,7 @@ def render_cmd(
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
                       ] = None,
     semantics: SemanticsOpt = "auto",
+    latents: LatentsOpt = "auto",
 ) -> None:
     """Reconstruct a test run offline: decode each clip's single-trial window (SAD, MAD),
     render it (CVR, with fusion) and write a side-by-side ground truth | reconstruction video
@@ -1684,11 +1704,11 @@ def render_cmd(
         if data is None:
             _ensure_session(cfg, root)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _check_semantics(semantics)
+        _check_semantics(semantics, latents)
         result = render_run(zoo, root, cfg, out, n_clips=clips, inputs=inputs,
                             settings=CVRSettings(steps=steps), fusion=fusion,
                             threshold=threshold, threads=threads, progress=not as_json,
-                            semantics=semantics)
+                            semantics=semantics, latents=latents)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -1723,10 +1743,12 @@ def fidelity_cmd(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance (1 = off).")] = 1.0,
     anchor_guidance: Annotated[float | None, typer.Option(
         help="Stage 2's own guidance (default: --guidance).")] = None,
-    anchor_strength: Annotated[float, typer.Option(help="Stage 2: how far the first motion "
-                                                        "frame is re-noised (0-1).")] = 0.8,
-    video_strength: Annotated[float, typer.Option(help="Stage 3: how far the motion latents "
-                                                       "are re-noised (0-1).")] = 0.8,
+    anchor_strength: Annotated[float | None, typer.Option(
+        help="Stage 2: how far the first motion frame is re-noised (0-1; default: by the "
+             "latents, 0.3 for the layout sketch's or true ones, 0.8 for MAD's).")] = None,
+    video_strength: Annotated[float | None, typer.Option(
+        help="Stage 3: how far the motion latents are re-noised (0-1; default: by the "
+             "latents, as --anchor-strength).")] = None,
     motion_module_fraction: Annotated[float, typer.Option(
         help="Stage 3: share of its steps (the first ones) that run the motion module "
              "(1 = every step).")] = 0.3,
@@ -1737,6 +1759,7 @@ def fidelity_cmd(
     config: Annotated[Path | None, typer.Option(help="Config (default: configs/study.toml).")
                       ] = None,
     semantics: SemanticsOpt = "auto",
+    latents: LatentsOpt = "auto",
 ) -> None:
     """Render fidelity: background, colour, shape, position and motion accuracy of rendered
     test clips (attribute probe; toy CLIP zero-shot beside it), from true and from decoded
@@ -1764,10 +1787,10 @@ def fidelity_cmd(
         settings = CVRSettings(steps=steps, guidance=guidance, anchor_guidance=anchor_guidance,
                                anchor_strength=anchor_strength, video_strength=video_strength,
                                motion_module_fraction=motion_module_fraction)
-        _check_semantics(semantics)
+        _check_semantics(semantics, latents)
         result = fidelity_report(zoo, root, cfg, classifier, n_clips=clips, conditions=conds,
                                  settings=settings, progress=not as_json,
-                                 semantics=semantics)
+                                 semantics=semantics, latents=latents)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:

@@ -189,8 +189,12 @@ class RenderConfig:
     anchor_guidance: float = param(0.0, ge=0.0, le=30.0,
                                    doc="stage 2's own guidance (0 = guidance's): on the toy "
                                        "zoo 4 lifts decoded colour, costs some position")
-    anchor_strength: float = param(0.8, gt=0.0, le=1.0, doc="stage 2 img2img strength")
-    video_strength: float = param(0.8, gt=0.0, le=1.0, doc="stage 3 video-to-video strength")
+    anchor_strength: float = param(0.0, ge=0.0, le=1.0,
+                                   doc="stage 2 img2img strength (0 = by the latents: 0.3 "
+                                       "for the layout sketch's or true ones, 0.8 for MAD's)")
+    video_strength: float = param(0.0, ge=0.0, le=1.0,
+                                  doc="stage 3 video-to-video strength (0 = by the latents, "
+                                      "as anchor_strength)")
     motion_module_fraction: float = param(0.3, gt=0.0, le=1.0,
                                           doc="stage 3: share of its steps (the first ones) "
                                               "that run the motion module (1 = every step)")

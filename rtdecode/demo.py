@@ -158,7 +158,7 @@ def load_decoder(cfg: Config, zoo: Path, session: Session, run: Run) -> Decoding
 
 def load_renderer(zoo: Path, subject: str, *, steps: int = 4,
                   fusion_threshold: float | None = None, threads: int | None = 1,
-                  semantics: str = "auto"):
+                  semantics: str = "auto", latents: str = "auto"):
     """``(RenderWorker, description)`` from the zoo, or ``(None, reason)`` when it cannot
     render (no ``unet/``). ``fusion_threshold`` None: the zoo's calibrated one
     (``fusion.json``), else 0.8 (``serve --render``'s default)."""
@@ -170,10 +170,11 @@ def load_renderer(zoo: Path, subject: str, *, steps: int = 4,
 
     thr = calibrated(zoo, 0.8) if fusion_threshold is None else fusion_threshold
     worker = RenderWorker.from_zoo(zoo, subject, settings=CVRSettings(steps=steps),
-                                   fusion_threshold=thr, threads=threads, semantics=semantics)
+                                   fusion_threshold=thr, threads=threads, semantics=semantics,
+                                   latents=latents)
     cond = "captions from decoded attributes" if worker.captioner else "SAD's semantics"
-    return worker, (f"render worker: SAD -> MAD {'on' if worker.mad else 'off'} -> CVR on "
-                    f"{cond} "
+    lat = "the layout sketch" if worker.sketch else "MAD" if worker.mad else "no latents"
+    return worker, (f"render worker: SAD -> CVR on {cond} and {lat} "
                     f"({steps} steps) -> fusion (threshold {thr:g}), {worker.frames} frames "
                     "per clip")
 

@@ -134,6 +134,29 @@ def test_bad_inputs_name_the_value(parts, bad, match):
         cvr(*bad(*inputs()))
 
 
+def test_strengths_follow_the_latents_kind(parts):
+    from rtdecode.render.evaluate import RenderInputs, render_clips
+
+    s = CVRSettings()
+    assert s.strengths() == s.strengths("regressed") == (0.8, 0.8)
+    assert s.strengths("drawn") == (0.3, 0.3)
+    assert CVRSettings(video_strength=0.5).for_latents("drawn").strengths() == (0.3, 0.5)
+    with pytest.raises(ValueError, match="latents kind 'blurry'"):
+        s.strengths("blurry")
+    cvr = make(parts, settings=CVRSettings(steps=4))
+    sem, z = inputs()
+    # CVR takes unset strengths as regressed: 3 + 3 steps, the same clip as set explicitly
+    a = cvr(sem, z)
+    assert a.unet_evals == 6
+    np.testing.assert_array_equal(
+        a.frames, cvr(sem, z, settings=CVRSettings(anchor_strength=0.8, video_strength=0.8)
+                      ).frames)
+    # render_clips takes them from the inputs: drawn latents get one step per stage
+    for kind, evals in (("regressed", 6), ("drawn", 2)):
+        inp = RenderInputs(np.array([0]), sem[None], z[None], "test", latents_kind=kind)
+        assert render_clips(cvr, inp).unet_evals == evals
+
+
 def test_bad_settings_and_first_frame(parts):
     with pytest.raises(ValueError, match="scheduler"):
         CVRSettings(scheduler="lms")

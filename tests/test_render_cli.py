@@ -29,10 +29,14 @@ def test_bench_render_json_shape(small_session, tiny_zoo):
         assert 0.0 <= r["clip_pcc"] <= 1.0
     assert out["ours"]["steps"] == 4 and out["neuroclips"]["steps"] == 25
     assert out["neuroclips"]["guidance"] == 8.5
-    # 25 DDIM steps (strengths 0.8 / 0.6) run many more UNet passes than our 4 (0.8 / 0.8)
+    # 25 DDIM steps (strengths 0.8 / 0.6) run many more UNet passes than our 4 (0.3 / 0.3
+    # on the layout sketch's latents: one step per stage)
+    assert out["neuroclips"]["strengths"] == [0.8, 0.6]
+    assert out["ours"]["strengths"] == [0.3, 0.3]
     assert out["neuroclips"]["unet_evals_per_clip"] > 5 * out["ours"]["unet_evals_per_clip"]
     # the tiny zoo has an attributes/ decoder: by default the renderer reads its captions
-    assert out["inputs"] == "decoded+attributes/single_trial" and out["clips"] == 2
+    # and draws the layout sketch of its attributes
+    assert out["inputs"] == "decoded+attributes+sketch/single_trial" and out["clips"] == 2
     assert out["interleaved"] and out["speedup_p50"] > 0
     assert out["ours"]["motion_module_fraction"] == 0.3
     assert out["neuroclips"]["motion_module_fraction"] == 1.0
@@ -70,7 +74,7 @@ def test_fidelity_conditions(small_session, tiny_zoo):
     out = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
               "4", "--conditions", ",".join(conds))
     assert set(out) == {*conds, "clips", "semantics"}
-    assert out["semantics"] == "decoded+attributes/single_trial"
+    assert out["semantics"] == "decoded+attributes+sketch/single_trial"
     for cond in conds:
         probe = out[cond]["probe"]
         assert set(probe) == {"background", "colour", "shape", "position", "motion"}
@@ -89,6 +93,10 @@ def test_fidelity_conditions(small_session, tiny_zoo):
     sad = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
               "4", "--conditions", "truth,decoded_text", "--semantics", "sad")
     assert sad["semantics"] == "decoded/single_trial" and sad["truth"] == out["truth"]
+    # --latents mad: the captions with MAD's latents
+    mad = run("fidelity", "--zoo", str(tiny_zoo), "--data", str(small_session), "--clips",
+              "4", "--conditions", "motion_frames", "--latents", "mad")
+    assert mad["semantics"] == "decoded+attributes/single_trial"
 
 
 def test_fusion_calibration_separates_scenes(small_session, tiny_zoo, tmp_path):
@@ -120,6 +128,11 @@ def test_bad_inputs_are_clear_errors(small_session, tiny_zoo):
                                    str(small_session), "--config", str(DEFAULT_CONFIG),
                                    "--conditions", "truth", "--semantics", "words"])
     assert res.exit_code != 0 and "--semantics 'words'" in res.output
+    res = CliRunner().invoke(app, ["fidelity", "--zoo", str(tiny_zoo), "--data",
+                                   str(small_session), "--config", str(DEFAULT_CONFIG),
+                                   "--conditions", "decoded", "--latents", "sketch",
+                                   "--semantics", "sad"])
+    assert res.exit_code != 0 and "does not go with --semantics sad" in res.output
     for flag, value in (("--channels", "96,wide"), ("--channels", "90,180"),
                         ("--layers-per-block", "0")):
         res = CliRunner().invoke(app, ["train", "unet", "--data", str(small_session),

@@ -156,6 +156,45 @@ def test_worker_renders_from_composed_captions(cvr):
     assert "caption" not in plain(_sem(2), _window(50, seed=5)).meta
 
 
+def test_worker_renders_from_the_layout_sketch(cvr):
+    from rtdecode.render.layout import LayoutSketch
+
+    cap = tiny_captioner(50)
+    with_mad = RenderWorker(tiny_sad(50), cvr, SUBJECT, mad=tiny_mad(50), captioner=cap)
+    w = RenderWorker(tiny_sad(50), cvr, SUBJECT, mad=tiny_mad(50), captioner=cap,
+                     sketch=LayoutSketch(cvr.vae, FRAMES))
+    clip = w(_sem(2), _window(50, seed=5))
+    assert clip.frames.shape == (FRAMES, 16, 16, 3)
+    assert clip.meta["latents"] == "sketch"
+    assert "sketch" in clip.meta["stage_seconds"] and "mad" not in clip.meta["stage_seconds"]
+    other = with_mad(_sem(2), _window(50, seed=5))
+    assert other.meta["latents"] == "mad" and "mad" in other.meta["stage_seconds"]
+    # same captions, same seed: only the latents differ, and the clip with them
+    assert other.meta["caption"] == clip.meta["caption"]
+    assert not np.array_equal(clip.frames, other.frames)
+    assert RenderWorker(tiny_sad(50), cvr, SUBJECT, frames=FRAMES)(
+        _sem(0), _window(50)).meta["latents"] == "none"
+    with pytest.raises(ValueError, match="layout sketch draws .* give a captioner"):
+        RenderWorker(tiny_sad(50), cvr, SUBJECT, sketch=LayoutSketch(cvr.vae, FRAMES))
+    with pytest.raises(ValueError, match="sketch frames 8 != the clips' 4"):
+        RenderWorker(tiny_sad(50), cvr, SUBJECT, mad=tiny_mad(50), captioner=cap,
+                     sketch=LayoutSketch(cvr.vae, 8))
+
+
+def test_load_sketch_by_latents(cvr):
+    from rtdecode.render.worker import load_sketch
+
+    cap = tiny_captioner(50)
+    assert load_sketch(cvr, cap, "mad") is None
+    assert load_sketch(cvr, None, "auto") is None  # SAD's semantics: MAD's latents
+    assert load_sketch(cvr, cap, "auto", FRAMES).frames == FRAMES
+    assert load_sketch(cvr, cap, "sketch").vae is cvr.vae
+    with pytest.raises(ValueError, match="needs the attribute captioner"):
+        load_sketch(cvr, None, "sketch")
+    with pytest.raises(ValueError, match="latents 'blobs'"):
+        load_sketch(cvr, cap, "blobs")
+
+
 def test_worker_refuses_a_captioner_of_another_input(cvr):
     with pytest.raises(ValueError, match="attribute captioner takes 40 inputs, SAD 50"):
         RenderWorker(tiny_sad(50), cvr, SUBJECT, captioner=tiny_captioner(40))
@@ -285,6 +324,14 @@ def test_from_zoo_and_serve_render_checks(cvr, tmp_path):
         _render_worker(zoo, SUBJECT, 1, 0.8, 50, "attributes")
     with pytest.raises(ValueError, match="--semantics 'words'"):
         _render_worker(zoo, SUBJECT, 1, 0.8, 50, "words")
+    # --latents: the sketch draws the captioner's attributes, which this zoo has not
+    assert _render_worker(zoo, SUBJECT, 1, 0.8, 50, "auto", "auto").sketch is None
+    with pytest.raises(ValueError, match="--latents 'blobs'"):
+        _render_worker(zoo, SUBJECT, 1, 0.8, 50, "auto", "blobs")
+    with pytest.raises(ValueError, match="does not go with --semantics sad"):
+        _render_worker(zoo, SUBJECT, 1, 0.8, 50, "sad", "sketch")
+    with pytest.raises(ValueError, match="needs the attribute captioner"):
+        _render_worker(zoo, SUBJECT, 1, 0.8, 50, "auto", "sketch")
 
 
 def test_save_clip_writes_mp4_and_raw_frames(tmp_path):

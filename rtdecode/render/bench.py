@@ -41,11 +41,12 @@ def quality(rendered: np.ndarray, truth: np.ndarray, clip_model) -> dict[str, fl
 
 
 def load_inputs(kind: str, root: Path, cfg, zoo: Path, cvr: CVR, clip_model, n_clips: int,
-                condition: str = "single_trial", semantics: str = "auto"
+                condition: str = "single_trial", semantics: str = "auto", latents: str = "auto"
                 ) -> tuple[RenderInputs, np.ndarray, list[dict]]:
     """(inputs, true clips (n, T, H, W, 3), caption records) for the first ``n_clips`` test
-    windows of the session's first subject. ``semantics`` (decoded inputs): ``"sad"``,
-    ``"attributes"`` or ``"auto"``, as :meth:`RenderWorker.from_zoo` takes it."""
+    windows of the session's first subject. ``semantics`` and ``latents`` (decoded inputs):
+    ``"sad"`` / ``"attributes"`` / ``"auto"`` and ``"mad"`` / ``"sketch"`` / ``"auto"``, as
+    :meth:`RenderWorker.from_zoo` takes them."""
     from ..data import load_session
     from ..engine import check_provenance, provenance
     from ..models.evaluate import eval_windows
@@ -66,12 +67,13 @@ def load_inputs(kind: str, root: Path, cfg, zoo: Path, cvr: CVR, clip_model, n_c
         prov = provenance(session, cfg)
         for meta in (sad_meta, mad_meta):
             check_provenance(meta, subject, prov)
-        from .worker import load_captioner
+        from .worker import load_captioner, load_sketch
 
         captioner = load_captioner(zoo, cvr, semantics, clip_model)
         if captioner is not None:
             captioner.model.check_compatible(prov)
-        inp = decoded_inputs(sad, mad, d, captioner=captioner)
+        sketch = load_sketch(cvr, captioner, latents, mad.cfg.n_frames if mad else 8)
+        inp = decoded_inputs(sad, mad, d, captioner=captioner, sketch=sketch)
         inp.source = f"{inp.source}/{condition}"
     else:
         inp = truth_inputs(d.clip_ids, session.clips, frames, clip_model, load_toy_vae(zoo / "vae"),
@@ -109,8 +111,7 @@ def _interleaved(cvr: CVR, inp: RenderInputs, named: dict[str, CVRSettings], pro
     parts: dict[str, list[Rendered]] = {name: [] for name in named}
     for i in tqdm(range(len(inp.clip_ids)), disable=not progress, desc="ours | neuroclips",
                   unit="clip"):
-        one = RenderInputs(inp.clip_ids[i:i + 1], inp.semantics[i:i + 1],
-                           None if inp.latents is None else inp.latents[i:i + 1], inp.source)
+        one = inp.take(slice(i, i + 1))
         for name, s in named.items():
             parts[name].append(render_clips(cvr, one, dataclasses.replace(s, seed=s.seed + i)))
     out = {}
@@ -127,7 +128,8 @@ def _interleaved(cvr: CVR, inp: RenderInputs, named: dict[str, CVRSettings], pro
 def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = "decoded",
                  threads: int | None = 2, settings: CVRSettings | None = None,
                  progress: bool = True, warmup: bool = True, cvr: CVR | None = None,
-                 interleave: bool = True, semantics: str = "auto") -> dict[str, Any]:
+                 interleave: bool = True, semantics: str = "auto", latents: str = "auto"
+                 ) -> dict[str, Any]:
     """Both settings on the same clips; JSON-ready figures and their ratios. ``warmup``:
     one untimed render per setting first (first-call allocations); ``cvr``: a loaded
     renderer of ``zoo`` to use (its settings are replaced by ``settings``); ``interleave``:
@@ -144,7 +146,7 @@ def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = 
         cvr.settings = settings
     clip_model = load_toy_clip(zoo / "clip")
     inp, truth, _ = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips,
-                                semantics=semantics)
+                                semantics=semantics, latents=latents)
     named = {"ours": cvr.settings, "neuroclips": NEUROCLIPS}
     if warmup:
         for s in named.values():
@@ -163,6 +165,7 @@ def bench_render(zoo: Path, root: Path, cfg, *, n_clips: int = 8, inputs: str = 
                      "seconds_p50": round(float(np.median(secs)), 4),
                      "seconds_max": round(float(secs.max()), 4),
                      "steps": s.steps, "scheduler": s.scheduler, "guidance": s.guidance,
+                     "strengths": list(s.strengths(inp.latents_kind)),
                      "anchor_guidance": s.stage2_guidance,
                      # stage 3 on the guidance-distilled UNet (CVR.guided_unet)?
                      "distilled_video": bool(s.distilled_video and cvr.guided_unet is not None),

@@ -44,6 +44,14 @@ SCHEDULERS = ("dpm", "ddim", "euler")
 GUIDED_DIR = "unet_guided"
 
 
+#: stages 2 and 3's strengths by the kind of motion latents, where a setting leaves them None.
+#: ``regressed`` latents (MAD's, a ridge's) land between clips: re-noised far (3 of 4 steps),
+#: the captions redraw them. ``drawn`` latents (the layout sketch's, the true frames') are
+#: a clip's layout: one step from a quarter of the noise keeps it, where more redrawing
+#: rounds off the shapes (README, "The layout sketch").
+STRENGTHS: dict[str, tuple[float, float]] = {"regressed": (0.8, 0.8), "drawn": (0.3, 0.3)}
+
+
 @dataclass(frozen=True)
 class CVRSettings:
     """How a clip is sampled. ``steps`` is the scheduler's step count; stages 2 and 3 run the
@@ -56,14 +64,17 @@ class CVRSettings:
     (2 video steps), 0.5 renders as well as 1 (paired over 120 decoded test clips: SSIM
     +0.016, VIFI, CLIP-PCC and EPE within their standard errors) for 25 % less video time.
     The default 0.3 runs it in 1 of the default 3 video steps (strength 0.8): on 120 decoded
-    test clips the probe's five attributes are level with 2 of 3 or better (README)."""
+    test clips the probe's five attributes are level with 2 of 3 or better (README).
+
+    ``anchor_strength`` / ``video_strength`` None: by the latents' kind (:data:`STRENGTHS`,
+    :meth:`for_latents`); CVR itself takes None as ``regressed``."""
 
     steps: int = 4
     scheduler: str = "dpm"
     guidance: float = 1.0          # classifier-free guidance scale; 1 = off (one UNet pass)
     anchor_guidance: float | None = None  # stage 2's own scale (None: ``guidance``)
-    anchor_strength: float = 0.8   # stage 2: how far the first motion frame is re-noised
-    video_strength: float = 0.8    # stage 3: how far the motion latents are re-noised
+    anchor_strength: float | None = None  # stage 2: how far the first motion frame is re-noised
+    video_strength: float | None = None   # stage 3: how far the motion latents are re-noised
     tie_first_frame: bool = True
     use_motion_module: bool = True
     motion_module_fraction: float = 0.3
@@ -83,11 +94,24 @@ class CVRSettings:
                 raise ValueError(f"{name} {v}: want >= 1 (1 = no guidance)")
         for name in ("anchor_strength", "video_strength"):
             v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
+            if v is not None and not 0.0 < v <= 1.0:
                 raise ValueError(f"{name} {v}: want 0 < strength <= 1")
         if not 0.0 < self.motion_module_fraction <= 1.0:
             raise ValueError(f"motion_module_fraction {self.motion_module_fraction}: want "
                              "0 < fraction <= 1")
+
+    def strengths(self, kind: str = "regressed") -> tuple[float, float]:
+        """(stage 2, stage 3) strengths, those left None taken for latents of ``kind``."""
+        if kind not in STRENGTHS:
+            raise ValueError(f"latents kind {kind!r}: want one of {', '.join(STRENGTHS)}")
+        a, v = STRENGTHS[kind]
+        return (a if self.anchor_strength is None else self.anchor_strength,
+                v if self.video_strength is None else self.video_strength)
+
+    def for_latents(self, kind: str) -> CVRSettings:
+        """These settings with the strengths left None filled in for latents of ``kind``."""
+        a, v = self.strengths(kind)
+        return dataclasses.replace(self, anchor_strength=a, video_strength=v)
 
     @property
     def stage2_guidance(self) -> float:
@@ -271,8 +295,8 @@ class CVR:
         """The renderer a config's ``[render]`` section names (:class:`RenderConfig`)."""
         settings = CVRSettings(steps=rc.steps, scheduler=rc.scheduler, guidance=rc.guidance,
                                anchor_guidance=rc.anchor_guidance or None,
-                               anchor_strength=rc.anchor_strength,
-                               video_strength=rc.video_strength,
+                               anchor_strength=rc.anchor_strength or None,
+                               video_strength=rc.video_strength or None,
                                motion_module_fraction=rc.motion_module_fraction,
                                distilled_video=rc.distilled_video)
         threads = rc.threads or None
@@ -418,7 +442,7 @@ class CVR:
             sched = make_scheduler(s.scheduler, self.schedule)
             noise = torch.randn((1, *self.vae.latent_shape), generator=gen)
             if z_motion is not None:
-                ts, _ = self._timesteps(sched, s.anchor_strength)
+                ts, _ = self._timesteps(sched, s.strengths()[0])
                 z = sched.add_noise(torch.from_numpy(z_motion[:1]), noise, ts[:1])
             else:
                 sched.set_timesteps(s.steps)
@@ -443,7 +467,7 @@ class CVR:
         unet, video_unet = self.stage3_models()
         n_frames = len(zm)
         sched = make_scheduler(s.scheduler, self.schedule)
-        ts, _ = self._timesteps(sched, s.video_strength)
+        ts, _ = self._timesteps(sched, s.strengths()[1])
         noise = torch.randn(zm.shape, generator=gen)
         n_video = s.motion_module_steps(len(ts)) if video_unet is not None else 0
         z = sched.add_noise(zm, noise, ts[:1])                          # (T, C, h, w)

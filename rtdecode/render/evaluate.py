@@ -31,6 +31,16 @@ class RenderInputs:
     latents: np.ndarray | None      # (n, frames, C, h, w) or None (text only)
     source: str                     # "truth" | "decoded/single_trial" | ...
     captions: list[dict] | None = None  # the composed captions (attribute captioner)
+    # what the latents are, for the strengths settings leave None (cvr.STRENGTHS):
+    # "regressed" (MAD's, a ridge's) or "drawn" (the true frames', the layout sketch's)
+    latents_kind: str = "regressed"
+
+    def take(self, sl: slice) -> RenderInputs:
+        """The clips ``sl`` of these inputs (every field sliced alike)."""
+        return RenderInputs(self.clip_ids[sl], self.semantics[sl],
+                            None if self.latents is None else self.latents[sl], self.source,
+                            None if self.captions is None else self.captions[sl],
+                            self.latents_kind)
 
 
 @dataclass
@@ -53,42 +63,54 @@ def truth_inputs(clip_ids: np.ndarray, records: dict[int, dict], frames: np.ndar
                              cvr.levels)
     sem = cond.reshape(len(ids), len(cvr.levels), cvr.n_tokens, -1)
     z = vae.encode(np.asarray(frames[ids])) if latents else None
-    return RenderInputs(ids, sem, z, "truth" if latents else "truth/text_only")
+    return RenderInputs(ids, sem, z, "truth" if latents else "truth/text_only",
+                        latents_kind="drawn")
 
 
-def decoded_inputs(sad, mad, windows, subject_steps: int | None = None, captioner=None
-                   ) -> RenderInputs:
+def decoded_inputs(sad, mad, windows, subject_steps: int | None = None, captioner=None,
+                   sketch=None) -> RenderInputs:
     """SAD tokens and MAD latents decoded from one condition's windows (``SubjectData``);
     with ``captioner`` (:class:`~rtdecode.render.captioner.AttributeCaptioner`) the
     semantics are the token states of the captions it composes (window ``i`` worded with
-    seed ``i``), as the render worker does; SAD's motion level still steers MAD."""
+    seed ``i``), as the render worker does; SAD's motion level still steers MAD. With
+    ``sketch`` (:class:`~rtdecode.render.layout.LayoutSketch`, needs the captioner) the
+    latents are the sketches of the decoded attributes, and MAD is not run."""
     from ..models.evaluate import decode_mad, decode_sad
 
+    if sketch is not None and captioner is None:
+        raise ValueError("decoded_inputs: a layout sketch needs the attribute captioner")
     sem = decode_sad(sad, windows, subject_steps)
     lat = None
-    if mad is not None:
+    if mad is not None and sketch is None:
         motion = sem[:, list(sad.cfg.levels).index("motion")] if "motion" in sad.cfg.levels \
             else None
         lat = decode_mad(mad, windows, motion)
     if captioner is None:
         return RenderInputs(np.asarray(windows.clip_ids), sem, lat, "decoded")
-    return captioned_inputs(captioner, windows, lat)
+    return captioned_inputs(captioner, windows, lat, sketch)
 
 
-def captioned_inputs(captioner, windows, latents: np.ndarray | None) -> RenderInputs:
+def captioned_inputs(captioner, windows, latents: np.ndarray | None, sketch=None
+                     ) -> RenderInputs:
     """The attribute captioner's token states of ``windows`` (window ``i`` worded with seed
-    ``i``) with already decoded ``latents``."""
+    ``i``) with already decoded ``latents``, or, with ``sketch``, the sketches of the
+    decoded attributes' latents."""
     tok, caps = captioner(windows.X, range(len(windows.X)))
+    if sketch is not None:
+        return RenderInputs(np.asarray(windows.clip_ids), tok,
+                            sketch([c["attributes"] for c in caps]),
+                            "decoded+attributes+sketch", caps, "drawn")
     return RenderInputs(np.asarray(windows.clip_ids), tok, latents, "decoded+attributes", caps)
 
 
 def render_clips(cvr: CVR, inputs: RenderInputs, settings: CVRSettings | None = None, *,
                  fusion=None, progress: bool = False, desc: str = "render") -> Rendered:
     """Render every clip of ``inputs`` in order (with ``fusion``: chained clips start from
-    the previous clip's tail frame); ``desc`` labels the progress bar (stderr)."""
+    the previous clip's tail frame); ``desc`` labels the progress bar (stderr). Strengths
+    the settings leave None are those of ``inputs.latents_kind``."""
     from tqdm.auto import tqdm
 
-    settings = settings or cvr.settings
+    settings = (settings or cvr.settings).for_latents(inputs.latents_kind)
     clips, anchors, secs, chains = [], [], [], []
     stages: dict[str, list[float]] = {}
     evals = 0
@@ -138,7 +160,8 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
                     conditions: tuple[str, ...] = ("true_frames", "vae", "truth", "text_only",
                                                    "decoded"),
                     settings: CVRSettings | None = None, unet_weights=None,
-                    progress: bool = False, semantics: str = "auto") -> dict[str, Any]:
+                    progress: bool = False, semantics: str = "auto", latents: str = "auto"
+                    ) -> dict[str, Any]:
     """Attribute accuracy (probe and toy CLIP) of the first ``n_clips`` test clips per
     condition: ``true_frames`` (the classifiers' ceiling), ``blurred`` (the true frames under
     a Gaussian blur of :data:`BLURRED_SIGMA` pixels: whether a classifier takes soft edges for
@@ -152,7 +175,10 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
     true captions with MAD's latents), and ``decoded_text`` (the decoded semantics alone, no
     latents). ``semantics``: what the decoded semantics are — SAD's token states (``"sad"``),
     the attribute captioner's captions (``"attributes"``) or, ``"auto"``, as the render
-    worker picks (attributes when the zoo has ``attributes/``). ``unet_weights``: a snapshot
+    worker picks (attributes when the zoo has ``attributes/``); ``latents``: MAD's
+    (``"mad"``), the layout sketch of the decoded attributes (``"sketch"``) or, ``"auto"``,
+    as the worker picks (the sketch with the captioner) — ``motion_frames`` and
+    ``decoded_latents`` then score the sketch's latents. ``unet_weights``: a snapshot
     file to load instead of the final weights (the training curve)."""
     from pathlib import Path
 
@@ -190,14 +216,14 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
         elif cond in DECODED_CONDITIONS:
             if decoded is None:
                 decoded, _, _ = load_inputs("decoded", root, cfg, zoo, cvr, clip_model, n_clips,
-                                            semantics=semantics)
+                                            semantics=semantics, latents=latents)
                 out["semantics"] = decoded.source
                 assert np.array_equal(decoded.clip_ids, truth_in.clip_ids)  # same windows
             if cond == "decoded":
                 clips = render_clips(cvr, decoded, progress=progress).clips
             elif cond == "decoded_captions":
                 inp = RenderInputs(decoded.clip_ids, decoded.semantics, truth_in.latents,
-                                   "decoded captions + true latents")
+                                   "decoded captions + true latents", latents_kind="drawn")
                 clips = render_clips(cvr, inp, progress=progress).clips
             elif cond == "decoded_text":
                 inp = RenderInputs(decoded.clip_ids, decoded.semantics, None,
@@ -207,7 +233,8 @@ def fidelity_report(zoo, root, cfg, probe, *, n_clips: int = 60,
                 raise ValueError(f"condition {cond!r} needs MAD (mad/ in the zoo)")
             elif cond == "decoded_latents":
                 inp = RenderInputs(decoded.clip_ids, truth_in.semantics, decoded.latents,
-                                   "true captions + decoded latents")
+                                   "true captions + decoded latents",
+                                   latents_kind=decoded.latents_kind)
                 clips = render_clips(cvr, inp, progress=progress).clips
             else:  # CVR's stage 1 alone: MAD's decoded latents through the VAE decoder
                 z = decoded.latents

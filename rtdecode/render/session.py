@@ -34,10 +34,11 @@ def fusion_threshold(zoo: Path, default: float = 0.9) -> float:
 def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
                inputs: str = "decoded", settings: CVRSettings | None = None,
                fusion: bool = True, threshold: float | None = None, scale: int = 4,
-               threads: int | None = 2, progress: bool = True, semantics: str = "auto"
-               ) -> dict[str, Any]:
+               threads: int | None = 2, progress: bool = True, semantics: str = "auto",
+               latents: str = "auto") -> dict[str, Any]:
     """Render the first ``n_clips`` clips of the first test run and write ``out`` (MP4 or GIF)
-    as a mosaic. Returns per-clip captions, chain ids and timings. ``semantics``: as
+    as a mosaic. Returns per-clip captions, chain ids and timings. ``semantics`` and
+    ``latents``: as
     :func:`~rtdecode.render.bench.load_inputs` takes it (the decoded caption shown is then
     the composed one, else the caption bank's nearest to SAD's semantics)."""
     import torch
@@ -54,7 +55,7 @@ def render_run(zoo: Path, root: Path, cfg, out: Path, *, n_clips: int = 30,
     cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings())
     clip_model = load_toy_clip(zoo / "clip")
     inp, truth, records = load_inputs(inputs, root, cfg, zoo, cvr, clip_model, n_clips,
-                                      semantics=semantics)
+                                      semantics=semantics, latents=latents)
     if threshold is None:
         threshold = fusion_threshold(zoo)
     fuse = Fusion(clip_model.encode_image, threshold) if fusion else None

@@ -65,6 +65,11 @@ class RenderWorker:
         An :class:`~rtdecode.render.captioner.AttributeCaptioner`, or None (CVR takes SAD's
         token states). With one, each clip's header carries the composed ``caption``
         (holistic level) and the decoded ``attributes``.
+    sketch:
+        A :class:`~rtdecode.render.layout.LayoutSketch` (needs the ``captioner``), or None.
+        With one, CVR's motion latents are the sketch of the decoded attributes, and MAD is
+        not run; without, they are MAD's (or none). Each clip's header says which
+        (``latents``: ``"sketch"``, ``"mad"`` or ``"none"``).
     """
 
     takes_window = True
@@ -72,7 +77,7 @@ class RenderWorker:
     def __init__(self, sad: SAD, cvr: CVR, subject: str, *, mad: MAD | None = None,
                  fusion: Fusion | None = None, fps: float = 4.0, frames: int | None = None,
                  sad_steps: int | None = None, seed: int = 0, threads: int | None = None,
-                 captioner=None):
+                 captioner=None, sketch=None):
         c = sad.cfg
         width = int(cvr.unet.config.cross_attention_dim)
         errors = []
@@ -111,6 +116,13 @@ class RenderWorker:
             if subject in sad.proj and captioner.n_inputs != in_features(sad.proj[subject]):
                 errors.append(f"the attribute captioner takes {captioner.n_inputs} inputs, "
                               f"SAD {in_features(sad.proj[subject])} for {subject!r}")
+        if sketch is not None:
+            if captioner is None:
+                errors.append("a layout sketch draws the attribute captioner's attributes: "
+                              "give a captioner too")
+            want = mad.cfg.n_frames if mad is not None else (frames or 8)
+            if sketch.frames != want:
+                errors.append(f"sketch frames {sketch.frames} != the clips' {want}")
         if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
             errors.append(f"fps {fps!r}: want a number > 0")
         if frames is not None and frames < 1:
@@ -125,7 +137,7 @@ class RenderWorker:
         self.fps = float(fps)
         self.frames = mad.cfg.n_frames if mad is not None else (frames or 8)
         self.sad_steps, self.seed, self.threads = sad_steps, int(seed), threads
-        self.captioner = captioner
+        self.captioner, self.sketch = captioner, sketch
         self._session: str | None = None
         self._next_chain = 0
 
@@ -133,13 +145,17 @@ class RenderWorker:
     @classmethod
     def from_zoo(cls, zoo_dir: str | Path, subject: str, *,
                  settings: CVRSettings | None = None, fusion_threshold: float | None = 0.8,
-                 threads: int | None = None, semantics: str = "auto", **kw) -> RenderWorker:
+                 threads: int | None = None, semantics: str = "auto", latents: str = "auto",
+                 **kw) -> RenderWorker:
         """The toy zoo's worker: ``sad/``, ``mad/`` (optional), the renderer's ``vae/``,
         ``unet/``, ``motion/`` (optional) and, for fusion (``fusion_threshold`` not None), the
         toy CLIP ``clip/`` as keyframe embedder. ``semantics``: what conditions the renderer,
         ``"sad"`` (SAD's token states), ``"attributes"`` (captions composed from the zoo's
         ``attributes/`` decoder) or ``"auto"`` (attributes when the zoo has the decoder).
-        ``kw`` go to the constructor."""
+        ``latents``: CVR's motion latents, ``"mad"`` (MAD's, when the zoo has ``mad/``),
+        ``"sketch"`` (the layout sketch of the decoded attributes; needs the captioner) or
+        ``"auto"`` (the sketch with the captioner, else MAD's). ``kw`` go to the
+        constructor."""
         from ..models.train import load_checkpoint
         from ..zoo.clip import load_toy_clip
 
@@ -159,12 +175,15 @@ class RenderWorker:
                 raise ValueError(f"{zoo / 'mad'}: holds a {type(mad).__name__}, not a MAD")
         cvr = CVR.from_zoo(zoo, settings=settings or CVRSettings(), threads=threads)
         captioner = load_captioner(zoo, cvr, semantics)
+        sketch = load_sketch(cvr, captioner, latents, mad.cfg.n_frames if mad else 8)
+        if sketch is not None:
+            mad = None  # not run: the sketch gives the latents
         fusion = None
         if fusion_threshold is not None:  # the toy CLIP once, shared with the captioner
             clip = captioner.clip_model if captioner else load_toy_clip(zoo / "clip")
             fusion = Fusion(clip.encode_image, fusion_threshold)
         return cls(sad, cvr, subject, mad=mad, fusion=fusion, threads=threads,
-                   captioner=captioner, **kw)
+                   captioner=captioner, sketch=sketch, **kw)
 
     # ------------------------------------------------------------------ rendering
     def _check_window(self, window: np.ndarray) -> np.ndarray:
@@ -188,7 +207,8 @@ class RenderWorker:
                 self.fusion.reset()
         clip_id = int(sem.tr_index)
         seed = self.seed + clip_id
-        settings = dataclasses.replace(self.cvr.settings, seed=seed)
+        settings = dataclasses.replace(self.cvr.settings, seed=seed).for_latents(
+            "regressed" if self.sketch is None else "drawn")
         prev = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -201,19 +221,22 @@ class RenderWorker:
                 tokens = self.sad(xt, self.subject, steps=self.sad_steps, generator=g)[0]
                 t1 = time.perf_counter()
                 secs["sad"] = t1 - t0
-                latents = None
-                if self.mad is not None:
-                    lv = self.sad.cfg.levels
-                    motion = tokens[lv.index("motion")][None] if "motion" in lv else None
-                    latents = self.mad(xt, self.subject, motion)[0].numpy()
-                secs["mad"] = time.perf_counter() - t1
                 sem_tokens = tokens.numpy()
                 caption = None
                 if self.captioner is not None:
-                    t3 = time.perf_counter()
                     toks, caps = self.captioner(x[None], [seed])
                     sem_tokens, caption = toks[0], caps[0]
-                    secs["captioner"] = time.perf_counter() - t3
+                    secs["captioner"] = time.perf_counter() - t1
+                latents, source = None, "none"
+                t3 = time.perf_counter()
+                if self.sketch is not None:
+                    latents, source = self.sketch([caption["attributes"]])[0], "sketch"
+                    secs["sketch"] = time.perf_counter() - t3
+                elif self.mad is not None:
+                    lv = self.sad.cfg.levels
+                    motion = tokens[lv.index("motion")][None] if "motion" in lv else None
+                    latents, source = self.mad(xt, self.subject, motion)[0].numpy(), "mad"
+                    secs["mad"] = time.perf_counter() - t3
                 chained, similarity = False, None
                 if self.fusion is None:
                     out = self.cvr(sem_tokens, latents, frames=self.frames, settings=settings)
@@ -236,7 +259,7 @@ class RenderWorker:
         stage.update({k: v for k, v in out.seconds.items() if k != "total"})
         stage["total"] = round(sum(stage.values()), 4)
         meta = {"chained": chained, "similarity": similarity, "stage_seconds": stage,
-                "unet_evals": out.unet_evals, "seed": seed}
+                "unet_evals": out.unet_evals, "seed": seed, "latents": source}
         if caption is not None:
             meta.update(caption=caption["holistic"], attributes=caption["attributes"])
         return Clip(clip_id=clip_id, chain_id=chain_id, tr_index=clip_id, frames=out.frames,
@@ -263,3 +286,20 @@ def load_captioner(zoo: str | Path, cvr: CVR, semantics: str = "auto", clip_mode
                                 f"train it with `rtdecode train ridge --out "
                                 f"{Path(zoo) / ZOO_NAME}`")
     return AttributeCaptioner.from_zoo(zoo, cvr.levels, cvr.n_tokens, clip_model)
+
+
+def load_sketch(cvr: CVR, captioner, latents: str = "auto", frames: int = 8):
+    """The :class:`~rtdecode.render.layout.LayoutSketch` for ``latents``: ``"sketch"`` (an
+    error without a ``captioner``) or ``"auto"`` (the sketch when there is a captioner);
+    None for ``"mad"``."""
+    from .layout import LATENTS, LayoutSketch
+
+    if latents not in LATENTS:
+        raise ValueError(f"latents {latents!r}: want one of {', '.join(LATENTS)}")
+    if latents == "mad" or (latents == "auto" and captioner is None):
+        return None
+    if captioner is None:
+        raise ValueError("latents 'sketch' draws the decoded attributes: it needs the "
+                         "attribute captioner (semantics 'attributes' or 'auto', and the "
+                         "zoo's attributes/ decoder)")
+    return LayoutSketch(cvr.vae, frames)

@@ -252,7 +252,7 @@ def fusion(ctx: Context, suite) -> dict:
     precision / recall against the true scene ids and CLIP-PCC across same-scene clip
     boundaries (and across cuts, where fusion should add nothing)."""
     from .. import metrics
-    from ..render.evaluate import RenderInputs, render_clips
+    from ..render.evaluate import render_clips
     from ..render.fusion import Fusion, boundary_clip_pcc, chain_metrics
     from ..render.suite import class_prompts
 
@@ -265,8 +265,7 @@ def fusion(ctx: Context, suite) -> dict:
     if m < 2:
         return {"skipped": f"only {m} rendered clip(s) of the first test run; fusion needs 2"}
     full = suite.inputs["single_trial"][method]
-    inp = RenderInputs(full.clip_ids[:m], full.semantics[:m],
-                       None if full.latents is None else full.latents[:m], full.source)
+    inp = full.take(slice(m))
     embed = se.zoo.clip.encode_image
     fused = render_clips(ctx.cvr, inp, fusion=Fusion(embed, ctx.fusion_threshold),
                          progress=ctx.progress, desc="fusion")
@@ -309,13 +308,12 @@ def render_time(ctx: Context, suite) -> list[dict]:
     """CVR seconds per clip (and quality) against the scheduler's steps, on the first
     ``timing_clips`` single-trial inputs of the main comparison."""
     from ..render.bench import quality
-    from ..render.evaluate import RenderInputs, render_clips
+    from ..render.evaluate import render_clips
 
     method = "sad" if "sad" in suite.inputs["single_trial"] else "ceiling"
     full = suite.inputs["single_trial"][method]
     n = min(ctx.opts.timing_clips, len(full.clip_ids))
-    inp = RenderInputs(full.clip_ids[:n], full.semantics[:n],
-                       None if full.latents is None else full.latents[:n], full.source)
+    inp = full.take(slice(n))
     rows = []
     for k in ctx.opts.render_steps:
         s = dataclasses.replace(ctx.cvr.settings, steps=k)
