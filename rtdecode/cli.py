@@ -1730,11 +1730,14 @@ def fidelity_cmd(
     clips: Annotated[int, typer.Option(help="Test clips per condition.")] = 60,
     conditions: Annotated[str, typer.Option(help="Comma-separated: true_frames, blurred "
                                                  "(true frames, Gaussian blur of 1 px), vae, "
-                                                 "truth, text_only, motion_frames, decoded, "
-                                                 "decoded_captions (decoded semantics + "
-                                                 "true latents), decoded_latents (true "
-                                                 "captions + MAD), decoded_text (decoded "
-                                                 "semantics alone).")
+                                                 "truth, text_only, motion_frames "
+                                                 "(the decoded latents through the VAE), "
+                                                 "decoded, decoded_captions (decoded "
+                                                 "semantics + true latents), "
+                                                 "decoded_latents (true captions + the "
+                                                 "decoded latents: MAD's or the sketch's), "
+                                                 "decoded_text (decoded semantics "
+                                                 "alone).")
                           ] = "true_frames,vae,truth,text_only,motion_frames,decoded",
     curve: Annotated[Path | None, typer.Option(help="A UNet training folder with snapshots/: "
                                                     "fidelity per snapshot instead (writes "

@@ -10,8 +10,8 @@ same settings, clip ``i`` sampled with seed ``i`` for every method), and
   decoded motion level) → CVR;
 - ``attributes`` (ours, the live default): captions composed from the scene attributes the
   zoo's ``attributes/`` ridge reads from the window
-  (:class:`~rtdecode.render.captioner.AttributeCaptioner`), MAD's latents (cross-attending
-  to SAD's motion level) → CVR;
+  (:class:`~rtdecode.render.captioner.AttributeCaptioner`) and the latents of the layout
+  sketch drawn from those attributes (:class:`~rtdecode.render.layout.LayoutSketch`) → CVR;
 - ``mlp``: the MLP baseline's token states, MAD's latents (fed the MLP's motion level) → CVR;
 - ``ridge``: a ridge regression fitted at evaluation time on the training windows, one to the
   flattened caption token states and one to the flattened VAE latents of the clip's frames
@@ -150,17 +150,13 @@ def method_inputs(se, cvr: CVR, vae, frames: np.ndarray, picks: dict[str, Subjec
             mad = zoo.mad if se.knows(zoo.mad) else None
             out[name] = {c: decoded_inputs(model, mad, d) for c, d in picks.items()}
     if "attributes" in methods and se.knows(zoo.sad) and (zoo.path / "attributes").is_dir():
-        from .worker import load_captioner
+        from .worker import load_captioner, load_sketch
 
         captioner = load_captioner(zoo.path, cvr, "attributes", zoo.clip)
         captioner.model.check_compatible(se.provenance)
-        if "sad" in out:  # same windows, same MAD latents: only the semantics differ
-            out["attributes"] = {c: captioned_inputs(captioner, d, out["sad"][c].latents)
-                                 for c, d in picks.items()}
-        else:
-            mad = zoo.mad if se.knows(zoo.mad) else None
-            out["attributes"] = {c: decoded_inputs(zoo.sad, mad, d, captioner=captioner)
-                                 for c, d in picks.items()}
+        sketch = load_sketch(cvr, captioner, "sketch", frames.shape[1])
+        out["attributes"] = {c: captioned_inputs(captioner, d, None, sketch)
+                             for c, d in picks.items()}
     if "ridge" in methods:
         out["ridge"] = _ridge_method(se, cvr, vae, frames, picks, ridge)
     if "ceiling" in methods:

@@ -1,4 +1,5 @@
-"""The daemon's render worker: one decoded window → SAD → MAD → CVR (→ fusion) → a Clip.
+"""The daemon's render worker: one decoded window → semantics and latents → CVR (→ fusion)
+→ a Clip.
 
 :class:`RenderWorker` is the ``renderer`` the :class:`~rtdecode.daemon.Daemon` calls on its
 render thread, behind the latest-wins hand-off (a worker that falls behind skips clips, never
@@ -8,8 +9,10 @@ itself:
 
 1. SAD decodes the window to token states ``(levels, tokens, dim)``; with an attribute
    captioner, the renderer is conditioned on the captions composed from the window's
-   decoded attributes instead (SAD's motion level still steers MAD);
-2. MAD (optional) decodes per-frame VAE latents, cross-attending to SAD's motion level;
+   decoded attributes instead;
+2. the motion latents: with a layout sketch (the toy zoo's default), the VAE latents of a
+   sketch of those decoded attributes; else MAD's (optional) per-frame VAE latents,
+   cross-attending to SAD's motion level;
 3. CVR renders the keyframe (stages 1 and 2);
 4. fusion (optional) compares the keyframe with the previous clip's and chains the clip to it
    (the previous tail frame becomes frame 0) or opens a new chain;

@@ -14,7 +14,7 @@ METHODS = {
     "ridge": "ridge (fitted at report time)",
     "mlp": "MLP baseline (+ MAD → CVR)",
     "sad": "SAD/MAD + CVR (ours, SAD's semantics)",
-    "attributes": "**attribute captions + MAD → CVR (ours, live default)**",
+    "attributes": "**attribute captions + layout sketch → CVR (ours, live default)**",
     "noise_free": "ceiling: SAD on noise-free BOLD (captions)",
     "oracle": "ceiling: oracle (captions)",
     "ceiling": "ceiling: CVR from true captions and latents (video)",
@@ -313,7 +313,7 @@ def verdicts(r: dict) -> tuple[list[str], list[str]]:
     # ours: SAD's semantics against the baselines; the attribute captions (the live default,
     # video only) against them and against SAD's semantics
     for mine, me, bases in (("sad", "SAD/MAD + CVR", ("ridge", "mlp")),
-                            ("attributes", "attribute captions + MAD → CVR",
+                            ("attributes", "attribute captions + sketch → CVR",
                              ("ridge", "mlp", "sad"))):
         for cond in CONDITIONS:
             ours = ev[cond].get(mine)
