@@ -198,6 +198,10 @@ def test_renderer_from_config(tiny_zoo, tmp_path):
     cvr = CVR.from_config(rc, default_zoo=tmp_path / "unused")
     assert cvr.settings.steps == 2 and cvr.settings.scheduler == "ddim"
     assert cvr.video_unet is not None and Config().render.weights == "toy"
+    # strengths 0 (the default): by the latents' kind; set, they hold for every kind
+    assert (cvr.settings.anchor_strength, cvr.settings.video_strength) == (None, None)
+    rc = RenderConfig(zoo=str(tiny_zoo), anchor_strength=0.6, video_strength=0.5)
+    assert CVR.from_config(rc, tmp_path).settings.strengths("drawn") == (0.6, 0.5)
     with pytest.raises(ValueError, match="motion_adapter"):
         CVR.from_config(RenderConfig(weights="sd15", sd15=str(tmp_path)), tmp_path)
     with pytest.raises(FileNotFoundError, match="no such folder"):
