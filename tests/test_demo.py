@@ -72,6 +72,8 @@ def test_demo_live_captions_video_and_summary(small_session, tiny_zoo, tmp_path)
     assert s["captions"]["finals"] == s["captions"]["expected"] == run.n_trs - 2 - 2 + 1
     assert s["captions"]["with_ground_truth"] == len(run.clip_ids)
     assert "shown (ground truth)" in r.output
+    # the tiny zoo has an attributes/ decoder: the renderer draws the layout sketch
+    assert "CVR on captions from decoded attributes and the layout sketch" in r.output
     assert s["daemon"]["received"] == run.n_trs and s["daemon"]["malformed"] == 0
     lat = s["latency"]["volume_to_caption"]
     assert lat["p50_ms"] > 0 and lat["p99_ms"] >= lat["p50_ms"]
