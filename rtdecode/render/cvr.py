@@ -250,13 +250,12 @@ class CVR:
         self.guided_unet = None if guided_unet is None else guided_unet.eval()
         self.video_unet = self.guided_video_unet = None
         if motion_adapter is not None:
-            from diffusers import UNetMotionModel
+            from ..zoo.unet import video_unet
 
             adapter = motion_adapter.eval()
-            self.video_unet = UNetMotionModel.from_unet2d(unet, adapter).eval()
+            self.video_unet = video_unet(unet, adapter).eval()
             if guided_unet is not None:  # from_unet2d copies: the adapter serves both
-                self.guided_video_unet = UNetMotionModel.from_unet2d(guided_unet,
-                                                                     adapter).eval()
+                self.guided_video_unet = video_unet(guided_unet, adapter).eval()
         self.schedule = dict(schedule)
         self.levels = tuple(levels)
         self.n_tokens = int(n_tokens)

@@ -215,9 +215,20 @@ def build_motion_adapter(cfg: ToyUNetConfig, max_frames: int = 32):
 
 def video_unet(unet, adapter):
     """The UNet and a motion module joined into a diffusers ``UNetMotionModel``."""
+    import logging
+
     from diffusers import UNetMotionModel
 
-    return UNetMotionModel.from_unet2d(unet, adapter)
+    # from_unet2d casts the new model to the UNet's own dtype, and diffusers then warns that
+    # "modules ... should be kept in float32: []" (an empty list): nothing to act on, so
+    # that one logger is quiet while it runs
+    log = logging.getLogger("diffusers.models.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return UNetMotionModel.from_unet2d(unet, adapter)
+    finally:
+        log.setLevel(level)
 
 
 def motion_module_state(model) -> dict[str, torch.Tensor]:
