@@ -444,8 +444,9 @@ def serve(
                                                        "connected, so they miss nothing.")
                                 ] = 0,
     render: Annotated[bool, typer.Option("--render/--no-render",
-                                         help="Also render video clips (SAD → MAD → CVR → "
-                                              "fusion, from --zoo; needs torch) and publish "
+                                         help="Also render video clips (decoded semantics "
+                                              "and latents → CVR → fusion, from --zoo; "
+                                              "needs torch) and publish "
                                               "them on the `video` topic. A renderer that "
                                               "falls behind skips clips, never volumes.")
                       ] = False,

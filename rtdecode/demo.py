@@ -10,7 +10,8 @@ The steps, each a function here (the CLI only parses options and prints):
    demo's config: no export step on a fresh clone), answering from a caption bank of the
    training clips' captions encoded by the zoo's CLIP; checkpoints are checked against the
    session's provenance first;
-3. :func:`load_renderer` — the render worker (SAD → MAD → CVR → fusion) when the zoo has a
+3. :func:`load_renderer` — the render worker (decoded semantics and latents → CVR →
+   fusion) when the zoo has a
    ``unet/``; otherwise captions only, with the reason;
 4. :func:`live_replay` — the run replayed TR by TR, paced, over real ZeroMQ sockets on
    loopback: a PUSH sink → the :class:`~rtdecode.daemon.Daemon`'s PULL source → its PUB
@@ -174,7 +175,8 @@ def load_renderer(zoo: Path, subject: str, *, steps: int = 4,
                                    latents=latents)
     cond = "captions from decoded attributes" if worker.captioner else "SAD's semantics"
     lat = "the layout sketch" if worker.sketch else "MAD" if worker.mad else "no latents"
-    return worker, (f"render worker: SAD -> CVR on {cond} and {lat} "
+    first = "attribute decoder" if worker.sketch else "SAD"
+    return worker, (f"render worker: {first} -> CVR on {cond} and {lat} "
                     f"({steps} steps) -> fusion (threshold {thr:g}), {worker.frames} frames "
                     "per clip")
 

@@ -9,7 +9,8 @@ itself:
 
 1. SAD decodes the window to token states ``(levels, tokens, dim)``; with an attribute
    captioner, the renderer is conditioned on the captions composed from the window's
-   decoded attributes instead;
+   decoded attributes instead (and with the sketch too, SAD is not run: nothing reads its
+   states);
 2. the motion latents: with a layout sketch (the toy zoo's default), the VAE latents of a
    sketch of those decoded attributes; else MAD's (optional) per-frame VAE latents,
    cross-attending to SAD's motion level;
@@ -220,11 +221,15 @@ class RenderWorker:
             with torch.no_grad():
                 t0 = time.perf_counter()
                 xt = torch.from_numpy(x[None])
-                g = torch.Generator().manual_seed(seed)
-                tokens = self.sad(xt, self.subject, steps=self.sad_steps, generator=g)[0]
+                tokens = sem_tokens = None
+                if self.captioner is None or self.sketch is None:
+                    # SAD's token states condition CVR (no captioner) or steer MAD; with the
+                    # captioner and the sketch nothing reads them
+                    g = torch.Generator().manual_seed(seed)
+                    tokens = self.sad(xt, self.subject, steps=self.sad_steps, generator=g)[0]
+                    sem_tokens = tokens.numpy()
+                    secs["sad"] = time.perf_counter() - t0
                 t1 = time.perf_counter()
-                secs["sad"] = t1 - t0
-                sem_tokens = tokens.numpy()
                 caption = None
                 if self.captioner is not None:
                     toks, caps = self.captioner(x[None], [seed])
