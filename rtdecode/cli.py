@@ -1370,6 +1370,10 @@ def train_probe_cmd(
     latent_noise: Annotated[float, typer.Option(
         help="With --through-vae: latent noise of std ~ U(0, this) (scaled latents).")
                             ] = 0.0,
+    fresh: Annotated[float, typer.Option(
+        help="Share of each batch drawn anew by the simulator every step, with the "
+             "session's stimulus config (0: the session's training clips only; the shipped "
+             "probe: 1, so it never sees a clip twice).")] = 1.0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
 ) -> None:
     """Train the attribute probe (two small CNNs on a clip's true frames) that
@@ -1378,6 +1382,7 @@ def train_probe_cmd(
     import torch
 
     from .render.fidelity import probe_accuracy, train_probe
+    from .simulator.session import stimulus_config
     from .zoo.clip import load_stimuli
     from .zoo.vae import load_toy_vae
 
@@ -1385,9 +1390,11 @@ def train_probe_cmd(
     try:
         frames, records = load_stimuli(data)
         vae = load_toy_vae(through_vae) if through_vae is not None else None
+        stimulus = stimulus_config(data) if fresh > 0 else None
         probe = train_probe(frames, records, out, steps=steps, width=width,
                             max_blur=max_blur, max_noise=max_noise, vae=vae,
-                            vae_fraction=vae_fraction, latent_noise=latent_noise)
+                            vae_fraction=vae_fraction, latent_noise=latent_noise,
+                            fresh=fresh, stimulus=stimulus)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     test = [r for r in records if r["split"] == "test"]

@@ -15,6 +15,7 @@ from rtdecode.render.fidelity import (
     blur,
     blur_frames,
     flip_permutation,
+    fresh_clips,
     label_sets,
     load_probe,
     probe_accuracy,
@@ -143,7 +144,7 @@ def test_probe_augmentation_is_recorded_and_changes_training(small_session, tmp_
     assert all(same)                                              # deterministic per seed
     assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), aug.parameters()))
     meta = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert meta["augment"] == {"max_blur": 1.5, "max_noise": 0.05}
+    assert meta["augment"] == {"max_blur": 1.5, "max_noise": 0.05, "fresh": 0.0}
     load_probe(tmp_path / "c")                                    # same format, loads
     with pytest.raises(ValueError, match="max_blur"):
         train_probe(frames, records, tmp_path / "d", max_blur=float("nan"), **kw)
@@ -176,3 +177,62 @@ def test_probe_through_the_vae(small_session, tmp_path):
     assert meta["vae_fraction"] == 1.0 and meta["vae"]["latent_shape"] == [4, 32, 32]
     with pytest.raises(ValueError, match="vae_fraction 1.5"):
         train_probe(frames, records, tmp_path / "c", vae=vae, vae_fraction=1.5, **kw)
+
+
+def test_fresh_clips_are_labelled_as_the_session_labels_its_own(small_session):
+    """Clips drawn anew carry the records a session writes for the same specs: re-drawing
+    the session's own film with its seed gives its frames and labels back."""
+    from rtdecode.simulator.session import stimulus_config
+    from rtdecode.simulator.stimuli import StimulusConfig, generate_clips, render_clip
+
+    cfg = stimulus_config(small_session)
+    assert isinstance(cfg, StimulusConfig) and isinstance(cfg.scene_clips, tuple)
+    frames, recs = fresh_clips(12, np.random.default_rng(5), cfg)
+    assert frames.dtype == np.uint8 and frames.shape == (12, cfg.frames_per_clip, cfg.size,
+                                                         cfg.size, 3)
+    specs = generate_clips(12, np.random.default_rng(5), cfg)
+    for f, r, spec in zip(frames, recs, specs):
+        assert np.array_equal(f, render_clip(spec, cfg))
+        assert r["attributes"] == spec.attributes()
+        assert [o["shape"] for o in r["objects"]] == [o.shape for o in spec.objects]
+        assert [o["motion"] for o in r["objects"]] == spec.motions
+    sets = label_sets(recs, cfg.size)
+    assert all(m.shape[0] == 12 and (m.sum(axis=1) >= 1).all() for m in sets.values())
+    _, session_records = load_stimuli(small_session)
+    assert set(session_records[0]["objects"][0]) == set(recs[0]["objects"][0])
+
+
+def test_probe_on_fresh_clips(small_session, tmp_path):
+    """`train probe --fresh F`: that share of every batch is drawn anew (training differs,
+    the share is recorded); bad shares and a stimulus config of other frames are refused."""
+    from rtdecode.simulator.session import stimulus_config
+    from rtdecode.simulator.stimuli import StimulusConfig
+
+    frames, records = load_stimuli(small_session)
+    cfg = stimulus_config(small_session)
+    kw = dict(steps=3, batch_size=4, width=4, progress=False)
+    plain = train_probe(frames, records, tmp_path / "a", **kw)
+    half = train_probe(frames, records, tmp_path / "b", fresh=0.5, stimulus=cfg, **kw)
+    again = train_probe(frames, records, tmp_path / "c", fresh=0.5, stimulus=cfg, **kw)
+    assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), half.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(half.parameters(), again.parameters()))
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["augment"]["fresh"] == 0.5
+    # only fresh clips: the session's training clips are not needed
+    train_probe(frames, [r for r in records if r["split"] == "test"], tmp_path / "d",
+                fresh=1.0, stimulus=cfg, **kw)
+    with pytest.raises(ValueError, match="fresh 1.5"):
+        train_probe(frames, records, tmp_path / "e", fresh=1.5, **kw)
+    with pytest.raises(ValueError, match="draws 4 frames"):
+        train_probe(frames, records, tmp_path / "f", fresh=0.5,
+                    stimulus=StimulusConfig(frames_per_clip=4), **kw)
+
+
+def test_stimulus_config_names_a_missing_session(tmp_path):
+    from rtdecode.simulator.session import stimulus_config
+
+    with pytest.raises(FileNotFoundError, match="simulation.json"):
+        stimulus_config(tmp_path)
+    (tmp_path / "simulation.json").write_text(json.dumps({"config": {"stimulus": {
+        "size": 64, "fps": 3}}}))
+    with pytest.raises(ValueError, match="fps"):
+        stimulus_config(tmp_path)

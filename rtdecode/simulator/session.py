@@ -151,6 +151,22 @@ def config_dict(cfg: SimulatorConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def stimulus_config(root: str | Path) -> stimuli.StimulusConfig:
+    """The stimulus config a simulated session was made with (its ``simulation.json``)."""
+    path = Path(root) / "simulation.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (is {root} a simulated session?)")
+    d = json.loads(path.read_text()).get("config", {}).get("stimulus")
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: no config.stimulus")
+    names = {f.name for f in dataclasses.fields(stimuli.StimulusConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown config.stimulus keys {unknown}")
+    return stimuli.StimulusConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in d.items()})
+
+
 @dataclass
 class SimulationSummary:
     out: Path
@@ -197,9 +213,7 @@ def write_stimuli(out: Path, cfg: SimulatorConfig, plans: list[RunPlan], n_clips
             "clip_id": spec.clip_id, "split": split[spec.clip_id],
             "segment": segment_of[spec.clip_id], "scene_id": spec.scene_id, "cut": spec.cut,
             **spec.captions, "attributes": spec.attributes(),
-            "objects": [{"shape": o.shape, "colour": o.colour, "x": round(o.x, 3),
-                         "y": round(o.y, 3), "r": round(o.r, 3), "motion": m}
-                        for o, m in zip(spec.objects, spec.motions)],
+            "objects": spec.object_records(),
         }, sort_keys=True))
     frames.flush()
     del frames

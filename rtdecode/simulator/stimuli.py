@@ -108,6 +108,12 @@ class ClipSpec:
     captions: dict[str, str] = field(default_factory=dict)
     frame_size: int = 64
 
+    def object_records(self) -> list[dict]:
+        """Each object's shape, colour, start position and radius, and motion, as the
+        session's ``captions.jsonl`` records them."""
+        return [{"shape": o.shape, "colour": o.colour, "x": round(o.x, 3), "y": round(o.y, 3),
+                 "r": round(o.r, 3), "motion": m} for o, m in zip(self.objects, self.motions)]
+
     def attributes(self) -> dict[str, str]:
         o = self.objects[0]
         return {
