@@ -231,6 +231,7 @@ def demo(
         renderer, render_note = d.load_renderer(zoo, subject, steps=render_steps,
                                                 semantics=semantics, latents=latents)
         say(render_note if renderer is None else f"renderer: {render_note}")
+        attributes = d.load_attribute_decoder(zoo, renderer)
         timings["load"] = time.perf_counter() - t0
     except (ConfigError, DataError, ValueError, FileNotFoundError, BackendUnavailable) as exc:
         _fail(str(exc))
@@ -261,7 +262,7 @@ def demo(
 
     t0 = time.perf_counter()
     live = d.live_replay(session, the_run, decoding.model, cfg, pace, renderer=renderer,
-                         journal=Journal(jpath), on_final=on_final)
+                         journal=Journal(jpath), on_final=on_final, attributes=attributes)
     timings["live"] = time.perf_counter() - t0
     video = None
     if renderer is not None:
@@ -302,6 +303,11 @@ def _format_demo_summary(s: dict, out: Path, journal: Path) -> str:
                      f"{len(a['groups'])} right {a['all']:.2f}")
         lines.append("              " + ", ".join(f"{g} {v:.2f}"
                                                   for g, v in a["groups"].items()))
+    r = acc.get("composed_attributes")
+    if r is not None:
+        lines.append(f"              composed from decoded attributes (the captions' `composed`, "
+                     f"{r['n']} clips): attributes right {r['mean']:.2f}")
+        lines.append("              " + ", ".join(f"{g} {v:.2f}" for g, v in r["groups"].items()))
     r = acc.get("rendered_attributes")
     if r is not None:
         lines.append(f"              rendered from captions of decoded attributes ({r['n']} live "
@@ -460,6 +466,11 @@ def serve(
         help="--render: chain a clip to the previous one when their keyframes' cosine "
              "similarity is at least this (default: the zoo's calibrated fusion.json, else "
              "0.9).")] = None,
+    attributes: Annotated[Path | None, typer.Option(
+        help="Attribute decoder (a `rtdecode train ridge` model, e.g. the zoo's "
+             "attributes/) on the same windows: caption headers also carry the decoded "
+             "`attributes` and the `composed` captions worded from them. Default: the "
+             "render worker's, with --render and a zoo that has one; else off.")] = None,
 ) -> None:
     """Run the scanner-side daemon: decode volumes as they arrive and publish captions (and,
     with --render, video clips)."""
@@ -494,6 +505,17 @@ def serve(
                                     "(the model was trained on another voxel space)")
         worker = _render_worker(zoo, subject, render_steps, fusion_threshold,
                                 dec.engine.n_inputs, semantics, latents) if render else None
+        if attributes is not None:
+            from .engine import DecoderModel
+            from .render.captioner import check_attribute_decoder
+
+            attr_model = DecoderModel.load(attributes)
+            try:
+                check_attribute_decoder(attr_model, dec.engine.n_inputs)
+            except ValueError as exc:
+                raise ValueError(f"--attributes {attributes}: {exc}") from exc
+        else:
+            attr_model = getattr(getattr(worker, "captioner", None), "model", None)
         src = open_source(ep, recv_timeout_s=idle_exit, stop_on_eos=once,
                           max_bytes=int(cfg.stream.max_message_mb * 2**20))
     except (ConfigError, DataError, ValueError, FileNotFoundError, TimeoutError,
@@ -511,7 +533,7 @@ def serve(
 
         outlet = LslCaptionOutlet(session=session)
     daemon = Daemon(cfg, dec, src, publisher, journal=Journal(jpath), caption_outlet=outlet,
-                    session=session, mask=mask_arr, renderer=worker)
+                    session=session, mask=mask_arr, renderer=worker, attributes=attr_model)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
     if wait_subscribers and not publisher.wait_for_subscribers(wait_subscribers, 30.0):
@@ -695,6 +717,10 @@ def subscribe(
                 typer.echo(f"TR {header['tr_index']:4d} {kind} {header['score']:+.2f} "
                            f"{header.get('latency_ms', 0):6.1f} ms | {t['anchor']} | "
                            f"{t['motion']}")
+                c = header.get("composed")
+                if isinstance(c, dict):  # the daemon's attribute decoder: an extension key
+                    typer.echo(f"{'':31}composed | {c.get('anchor', '')} | "
+                               f"{c.get('motion', '')}")
             else:
                 typer.echo(f"[{topic}] " + json.dumps(header)[:200])
             if count is not None and finals >= count:

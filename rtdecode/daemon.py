@@ -202,12 +202,24 @@ class Daemon:
     ``caption_outlet`` (e.g. :class:`~rtdecode.transport.lsl.LslCaptionOutlet`) gets every
     caption header through ``push(header)``; when that returns the JSON text it sent, the
     journal writes that text instead of encoding the header again.
+
+    ``attributes``, when given, is an attribute decoder (a ridge of ``rtdecode train ridge``,
+    e.g. the zoo's ``attributes/``) on the same windows: every caption header then also
+    carries the scene ``attributes`` it decodes and the ``composed`` captions worded from
+    them (anchor / motion / holistic, the wording seeded by the clip's TR, as the render
+    worker words the caption it renders from) — protocol v1 extension keys; ``text`` stays
+    the caption bank's nearest caption.
     """
 
     def __init__(self, cfg: Config, model: DecoderModel, source: Source, publisher=None, *,
                  journal: Journal | None = None, caption_outlet=None,
                  mask: np.ndarray | None = None, session: str = "", strict: bool = False,
-                 renderer=None):
+                 renderer=None, attributes: DecoderModel | None = None):
+        if attributes is not None:
+            from .render.captioner import check_attribute_decoder
+
+            check_attribute_decoder(attributes, model.engine.n_inputs)
+        self.attributes = attributes
         self.cfg, self.model, self.source = cfg, model, source
         self.publisher, self.journal, self.caption_outlet = publisher, journal, caption_outlet
         self.mask, self.default_session, self.strict = mask, session, strict
@@ -465,6 +477,14 @@ class Daemon:
         batch = self._windows(st, found)
         pred = self.model.engine.decode(batch)
         best = self.model.bank.nearest(pred)
+        extras: list[dict] = [{}] * len(found)
+        if self.attributes is not None:
+            from .render.captioner import compose_captions, decode_attributes
+
+            caps = compose_captions(decode_attributes(self.attributes, batch),
+                                    [clip_tr for clip_tr, _, _ in found])
+            extras = [{"composed": caption_text(c), "attributes": c["attributes"]}
+                        for c in caps]
         t1 = time.perf_counter()
         ms = (t1 - t0) * 1e3
         self.latency.add("decode", ms)
@@ -472,7 +492,7 @@ class Daemon:
         with self._lock:
             self.counters["captions"] += len(found)
             self.counters["finals"] += sum(1 for _, final, _ in found if final)
-        for (clip_tr, final, have), ((cap, score),) in zip(found, best):
+        for (clip_tr, final, have), ((cap, score),), extra in zip(found, best, extras):
             n = len(have)
             self._queue_out("caption", {
                 "session": session, "tr_index": int(clip_tr), "final": bool(final),
@@ -480,8 +500,8 @@ class Daemon:
                 "basic": cap.get("basic", ""), "match_clip_id": cap.get("clip_id"),
                 "score": round(score, 4), "n_volumes": n,
                 "bridged": bool(final and n < self.width), "trigger_tr": int(trigger),
-                "decode_ms": round(ms, 3), "latency_ms": round((t1 - t_recv) * 1e3, 3)},
-                t_recv=t_recv)
+                "decode_ms": round(ms, 3), "latency_ms": round((t1 - t_recv) * 1e3, 3),
+                **extra}, t_recv=t_recv)
         for (clip_tr, final, have), p, x in zip(found, pred, batch):
             n = len(have)
             if final and self.renderer is not None:

@@ -200,9 +200,11 @@ class LiveResult:
 
 def live_replay(session: Session, run: Run, model: DecoderModel, cfg: Config,
                 speed: float | None = None, *, renderer=None, journal=None,
-                on_final: Callable[[dict, dict | None], None] | None = None) -> LiveResult:
+                on_final: Callable[[dict, dict | None], None] | None = None,
+                attributes: DecoderModel | None = None) -> LiveResult:
     """Replay ``run`` through a daemon over loopback ZeroMQ (PUSH → PULL → daemon → PUB →
     SUB); collect final captions, their semantics and, with ``renderer``, the video clips.
+    ``attributes``: the daemon's attribute decoder (captions then carry ``composed``).
 
     ``speed``: multiple of real time (None: as fast as possible). ``on_final(header,
     truth)`` is called on the subscriber's thread for each final caption as it arrives
@@ -237,7 +239,8 @@ def live_replay(session: Session, run: Run, model: DecoderModel, cfg: Config,
 
     collector = threading.Thread(target=collect, name="demo-subscriber", daemon=True)
     collector.start()
-    daemon = Daemon(cfg, model, source, pub, journal=journal, session=label, renderer=renderer)
+    daemon = Daemon(cfg, model, source, pub, journal=journal, session=label, renderer=renderer,
+                    attributes=attributes)
     replay = RunSource(run, speed=speed, session=label)
     status = None
     t0 = time.perf_counter()
@@ -393,19 +396,41 @@ def attribute_scores(live: LiveResult, session: Session) -> dict | None:
             "chance_mean": float(np.mean(list(chance.values()))), "n": len(pairs)}
 
 
-def render_attribute_scores(live: LiveResult) -> dict | None:
-    """Per attribute group, how often the attributes a live clip was rendered from (its
-    ``video`` header's ``attributes``: the attribute captioner's) match the shown clip's;
-    None when no live clip carries them (SAD's semantics, or no renderer)."""
-    pairs = [(v["header"]["attributes"], live.truth[k]["attributes"])
-             for k, v in live.videos.items()
-             if isinstance(v["header"].get("attributes"), dict) and k in live.truth
+def _header_attribute_scores(live: LiveResult, headers: dict[int, dict]) -> dict | None:
+    """Per attribute group, how often the ``attributes`` of the headers ``{tr: header}``
+    match the clip shown at that TR; None when no header carries them."""
+    pairs = [(h["attributes"], live.truth[k]["attributes"]) for k, h in headers.items()
+             if isinstance(h.get("attributes"), dict) and k in live.truth
              and live.truth[k].get("attributes")]
     if not pairs:
         return None
     groups = [g for g in pairs[0][1] if g in pairs[0][0]]
     per = {g: float(np.mean([got[g] == want[g] for got, want in pairs])) for g in groups}
     return {"groups": per, "mean": float(np.mean(list(per.values()))), "n": len(pairs)}
+
+
+def render_attribute_scores(live: LiveResult) -> dict | None:
+    """Per attribute group, how often the attributes a live clip was rendered from (its
+    ``video`` header's ``attributes``: the attribute captioner's) match the shown clip's;
+    None when no live clip carries them (SAD's semantics, or no renderer)."""
+    return _header_attribute_scores(live, {k: v["header"] for k, v in live.videos.items()})
+
+
+def composed_attribute_scores(live: LiveResult) -> dict | None:
+    """The same for the final captions' ``attributes`` (the daemon's attribute decoder, which
+    the ``composed`` captions word); None when the daemon ran without one."""
+    return _header_attribute_scores(live, live.finals)
+
+
+def load_attribute_decoder(zoo: Path, renderer=None) -> DecoderModel | None:
+    """The attribute decoder the daemon words ``composed`` captions with: the render
+    worker's (its captioner's), else the zoo's ``attributes/``, else None."""
+    from .render.captioner import ZOO_NAME
+
+    captioner = getattr(renderer, "captioner", None)
+    if captioner is not None:
+        return captioner.model
+    return DecoderModel.load(zoo / ZOO_NAME) if (zoo / ZOO_NAME).is_dir() else None
 
 
 def identification_scores(live: LiveResult, targets, session: Session,
@@ -456,7 +481,8 @@ def summarize(live: LiveResult, session: Session, decoding: Decoding, *, rendere
         "captions": {"finals": len(live.finals), "expected": live.n_expected,
                      "with_ground_truth": sum(k in live.truth for k in live.finals)},
         "accuracy": {"attributes": attrs, "identification": ident,
-                     "rendered_attributes": render_attribute_scores(live)},
+                     "rendered_attributes": render_attribute_scores(live),
+                     "composed_attributes": composed_attribute_scores(live)},
         "latency": {"volume_to_caption": pct("end_to_end"), "decode": pct("decode"),
                     "render": pct("render")},
         "daemon": {k: int(c[k]) for k in ("received", "decoded", "malformed", "dropped",

@@ -286,3 +286,47 @@ def test_output_queue_is_bounded_and_keeps_order():
     q.put("end")  # the end-of-stream marker is never refused
     assert q.qsize() == 3
     assert [q.get() for _ in range(3)] == ["a", "b", "end"]
+
+
+def test_attribute_decoder_adds_composed_captions(model_and_run):
+    """With an attribute decoder every caption also carries the attributes it decodes from
+    the same window and the captions worded from them (seeded by the clip's TR, as the render
+    worker words its caption); the protocol's own keys are unchanged."""
+    from rtdecode.simulator.stimuli import ATTRIBUTE_GROUPS, attribute_slices, caption_attributes
+
+    model, run, _ = model_and_run            # the ridge's targets are the scene attributes
+    pub = ListPublisher()
+    Daemon(Config(), model, RunSource(run), pub, session="s", attributes=model).run(timeout=60)
+    caps = [h for h, _ in pub.topic("caption")]
+    sems = {(h["tr_index"], h["final"]): np.frombuffer(b[0], np.float32)
+            for h, b in pub.topic("semantics")}
+    assert caps and all({"text", "score", "final", "composed", "attributes"} <= set(c)
+                        for c in caps)
+    for c in caps:
+        # the decoder here is the attribute ridge: its semantics are the attribute scores
+        scores = sems[(c["tr_index"], c["final"])]
+        want = {g: ATTRIBUTE_GROUPS[g][int(scores[sl].argmax())]
+                for g, sl in attribute_slices().items()}
+        assert c["attributes"] == want and set(want) == set(ATTRIBUTE_GROUPS)
+        worded = caption_attributes(want, np.random.default_rng(c["tr_index"]))
+        assert c["composed"] == {k: worded[k] for k in ("anchor", "motion", "holistic")}
+    plain = ListPublisher()
+    Daemon(Config(), model, RunSource(run), plain, session="s").run(timeout=60)
+    assert not any({"composed", "attributes"} & set(h) for h, _ in plain.topic("caption"))
+
+
+def test_attribute_decoder_of_other_windows_or_targets_is_refused(model_and_run):
+    from rtdecode.engine import CaptionBank, RidgeEngine
+
+    model, run, _ = model_and_run
+    n, dim = model.engine.n_inputs, model.engine.coef.shape[0]
+    narrow = DecoderModel(RidgeEngine(np.zeros((dim, n - 1), np.float32),
+                                      np.zeros(dim, np.float32)), model.bank, None,
+                          dict(model.meta))
+    with pytest.raises(ValueError, match=f"takes {n - 1} inputs per window, the decoder {n}"):
+        Daemon(Config(), model, RunSource(run), ListPublisher(), attributes=narrow)
+    other = DecoderModel(RidgeEngine(np.zeros((3, n), np.float32), np.zeros(3, np.float32)),
+                         CaptionBank(np.zeros((1, 3), np.float32), [model.bank.captions[0]]),
+                         None, {**model.meta, "targets": "captions"})
+    with pytest.raises(ValueError, match="targets 'captions' of width 3"):
+        Daemon(Config(), model, RunSource(run), ListPublisher(), attributes=other)

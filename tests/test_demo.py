@@ -88,6 +88,13 @@ def test_demo_live_captions_video_and_summary(small_session, tiny_zoo, tmp_path)
     assert v["live"] == sum(k in s["renders"]["live_clips"] for k in run.stim_trs.tolist())
     # the tiny zoo has an attributes/ decoder: live clips carry the attributes they were
     # rendered from, scored against the shown clip
+    # ... and the daemon words captions from the same decoder's attributes, for every final
+    ca = acc["composed_attributes"]
+    assert ca["n"] == s["captions"]["with_ground_truth"] and 0 <= ca["mean"] <= 1
+    from rtdecode.cli import _format_demo_summary
+
+    assert f"the captions' `composed`, {ca['n']} clips" in _format_demo_summary(
+        s, out, out / "journal.jsonl")
     ra = acc["rendered_attributes"]
     if v["live"]:
         assert ra["n"] == v["live"] and 0 <= ra["mean"] <= 1

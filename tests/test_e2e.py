@@ -172,7 +172,7 @@ def test_cli_replay_serve_subscribe(small_session, tmp_path):
                                    f"zmq://127.0.0.1:{pin}", "--publish",
                                    f"tcp://127.0.0.1:{pout}", "--once", "--wait-subscribers",
                                    "1", "--no-lsl-captions", "--journal",
-                                   str(tmp_path / "j.jsonl")],
+                                   str(tmp_path / "j.jsonl"), "--attributes", str(model_dir)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = load_session(small_session, "sub-01").runs_of("test")[0]
     n_final = len(expected_finals(run))
@@ -200,8 +200,11 @@ def test_cli_replay_serve_subscribe(small_session, tmp_path):
         sub.kill()
     assert serve.returncode == 0, serr
     import json
-    finals = [json.loads(line)["tr_index"] for line in sout.splitlines()]
-    assert finals == expected_finals(run)
+    got = [json.loads(line) for line in sout.splitlines()]
+    assert [h["tr_index"] for h in got] == expected_finals(run)
+    # --attributes (the ridge's targets are the scene attributes): captions composed from them
+    assert all(set(h["composed"]) == {"anchor", "motion", "holistic"} and h["attributes"]
+               for h in got)
     assert (tmp_path / "out" / "captions.jsonl").is_file()
     assert "malformed 0" in serr
 
@@ -230,3 +233,21 @@ def test_stalled_subscriber_never_blocks_the_publisher():
     assert received < n // 2, received  # the stalled reader lost messages; no waiting
     stalled.close(linger=0)
     pub.close()
+
+
+def test_serve_refuses_an_attribute_decoder_of_other_windows(small_session, tmp_path):
+    """`serve --attributes` with a ridge of another subject (another voxel count): a clear
+    error naming both widths, before any socket is opened."""
+    from typer.testing import CliRunner
+
+    from rtdecode.cli import app
+    from rtdecode.config import Config
+    from rtdecode.ridge import train_model
+
+    a = train_model(load_session(small_session, "sub-01"), Config()).save(tmp_path / "a")
+    b = train_model(load_session(small_session, "sub-03"), Config()).save(tmp_path / "b")
+    r = CliRunner().invoke(app, ["serve", "--model", str(a), "--attributes", str(b),
+                                 "--source", f"zmq://127.0.0.1:{_free_port()}", "--publish",
+                                 f"tcp://127.0.0.1:{_free_port()}", "--no-lsl-captions"])
+    assert r.exit_code == 2, r.output
+    assert f"--attributes {b}" in r.output and "inputs per window, the decoder" in r.output

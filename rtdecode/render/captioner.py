@@ -32,6 +32,39 @@ from ..simulator.stimuli import ATTRIBUTE_GROUPS, attribute_slices, caption_attr
 ZOO_NAME = "attributes"
 
 
+def check_attribute_decoder(model: DecoderModel, n_inputs: int | None = None) -> None:
+    """Refuse a decoder that does not score the scene attributes (a model of
+    ``rtdecode train ridge``), naming its targets and width, or (``n_inputs``) one that
+    reads windows of another width than the decoder beside it."""
+    kind = model.meta.get("targets")
+    dim = sum(len(v) for v in ATTRIBUTE_GROUPS.values())
+    width = int(model.engine.coef.shape[0]) if hasattr(model.engine, "coef") else None
+    if kind != "attributes" or width != dim:
+        raise ValueError(f"attribute decoder: the model has targets {kind!r} of width "
+                         f"{width}; want 'attributes' of width {dim} (a model of "
+                         "`rtdecode train ridge`)")
+    if n_inputs is not None and model.engine.n_inputs != n_inputs:
+        raise ValueError(f"attribute decoder takes {model.engine.n_inputs} inputs per window, "
+                         f"the decoder {n_inputs}: it must read the same windows (train both "
+                         "on one session and voxel selection)")
+
+
+def decode_attributes(model: DecoderModel, x: np.ndarray) -> list[dict[str, str]]:
+    """Each window's best-scoring value per attribute group (``x``: ``(batch, n_inputs)``)."""
+    scores = model.engine.decode(np.asarray(x, np.float32))
+    return [{name: ATTRIBUTE_GROUPS[name][int(row[sl].argmax())]
+             for name, sl in attribute_slices().items()} for row in scores]
+
+
+def compose_captions(attrs: list[dict[str, str]], seeds) -> list[dict]:
+    """Captions at the SemMiner levels (``basic``, ``anchor``, ``motion``, ``holistic``) and
+    the ``attributes`` they word, one per attribute set; ``seeds`` pick the wording."""
+    if len(seeds) != len(attrs):
+        raise ValueError(f"captions: {len(attrs)} windows but {len(seeds)} seeds")
+    return [{**caption_attributes(a, np.random.default_rng(int(s))), "attributes": a}
+            for a, s in zip(attrs, seeds)]
+
+
 @dataclass
 class AttributeCaptioner:
     """Windows ``(batch, n_inputs)`` → captions → token states ``(batch, levels, tokens, w)``.
@@ -47,12 +80,7 @@ class AttributeCaptioner:
     n_tokens: int
 
     def __post_init__(self) -> None:
-        kind = self.model.meta.get("targets")
-        dim = sum(len(v) for v in ATTRIBUTE_GROUPS.values())
-        if kind != "attributes" or self.model.engine.coef.shape[0] != dim:
-            raise ValueError(f"attribute captioner: the decoder has targets {kind!r} of "
-                             f"width {self.model.engine.coef.shape[0]}; want 'attributes' "
-                             f"of width {dim} (a model of `rtdecode train ridge`)")
+        check_attribute_decoder(self.model)
         self.levels = tuple(self.levels)
 
     @classmethod
@@ -74,18 +102,12 @@ class AttributeCaptioner:
 
     def attributes(self, x: np.ndarray) -> list[dict[str, str]]:
         """Each window's best-scoring value per attribute group."""
-        scores = self.model.engine.decode(np.asarray(x, np.float32))
-        return [{name: ATTRIBUTE_GROUPS[name][int(row[sl].argmax())]
-                 for name, sl in attribute_slices().items()} for row in scores]
+        return decode_attributes(self.model, x)
 
     def captions(self, x: np.ndarray, seeds) -> list[dict[str, str]]:
         """Captions at the SemMiner levels (``basic``, ``anchor``, ``motion``, ``holistic``)
         and the attributes they word, one per window; ``seeds`` pick the wording."""
-        attrs = self.attributes(x)
-        if len(seeds) != len(attrs):
-            raise ValueError(f"captions: {len(attrs)} windows but {len(seeds)} seeds")
-        return [{**caption_attributes(a, np.random.default_rng(int(s))), "attributes": a}
-                for a, s in zip(attrs, seeds)]
+        return compose_captions(self.attributes(x), seeds)
 
     def encode(self, captions: list[dict]) -> np.ndarray:
         """Caption records → token states ``(n, levels, n_tokens, width)``."""
