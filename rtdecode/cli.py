@@ -1381,6 +1381,10 @@ def train_probe_cmd(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/probe"),
     steps: Annotated[int, typer.Option(help="Training steps.")] = 3000,
     width: Annotated[int, typer.Option(help="Channels of the probe's first layer.")] = 16,
+    what_depth: Annotated[int, typer.Option(
+        help="Conv layers of the stack that reads shape, colour and background: 5, or 6 "
+             "(one more strided layer: a view of 43 px instead of 27, so a large diamond's "
+             "two diagonals fit in it).")] = 5,
     max_blur: Annotated[float, typer.Option(
         help="Blur every training example by a Gaussian of sigma ~ U(0, this) pixels, so "
              "soft edges and rounded corners are not read as other shapes (0: crisp frames "
@@ -1418,7 +1422,7 @@ def train_probe_cmd(
         vae = load_toy_vae(through_vae) if through_vae is not None else None
         stimulus = stimulus_config(data) if fresh > 0 else None
         probe = train_probe(frames, records, out, steps=steps, width=width,
-                            max_blur=max_blur, max_noise=max_noise, vae=vae,
+                            what_depth=what_depth, max_blur=max_blur, max_noise=max_noise, vae=vae,
                             vae_fraction=vae_fraction, latent_noise=latent_noise,
                             fresh=fresh, stimulus=stimulus)
     except (ValueError, FileNotFoundError) as exc:

@@ -236,3 +236,29 @@ def test_stimulus_config_names_a_missing_session(tmp_path):
         "size": 64, "fps": 3}}}))
     with pytest.raises(ValueError, match="fps"):
         stimulus_config(tmp_path)
+
+
+def test_deeper_what_stack_sees_wider_and_round_trips(small_session, tmp_path):
+    """`--what-depth 6`: one more strided layer in the shape/colour/background stack; the
+    depth is saved and loaded back; probes saved without it load as depth 5."""
+    deep, plain = AttributeProbe(4, 32, 4, what_depth=6), AttributeProbe(4, 32, 4)
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in p.what_body) for p in (deep, plain)]
+    assert convs == [6, 5]
+    assert deep(torch.zeros(2, 4, 3, 32, 32))["shape"].shape == (2, len(ATTRIBUTE_GROUPS["shape"]))
+    with pytest.raises(ValueError, match="what_depth 7"):
+        AttributeProbe(4, 32, 4, what_depth=7)
+    frames, records = load_stimuli(small_session)
+    kw = dict(steps=2, batch_size=4, width=4, progress=False)
+    trained = train_probe(frames, records, tmp_path / "d", what_depth=6, **kw)
+    meta = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert meta["what_depth"] == 6
+    loaded = load_probe(tmp_path / "d")
+    assert loaded.what_depth == 6
+    x = torch.from_numpy(np.array(frames[:2])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded(x)["shape"], trained.eval()(x)["shape"], atol=0.05)
+    train_probe(frames, records, tmp_path / "p", **kw)
+    meta = json.loads((tmp_path / "p" / "config.json").read_text())
+    del meta["what_depth"]                          # as probes saved before the option
+    (tmp_path / "p" / "config.json").write_text(json.dumps(meta))
+    assert load_probe(tmp_path / "p").what_depth == 5

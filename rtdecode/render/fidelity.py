@@ -52,24 +52,33 @@ class AttributeProbe(nn.Module):
       these labels unchanged — every frame of every training clip is an example.
     - **where** (position, motion): the clip's frames stacked as channels, the map flattened
       (where things are, and where they go). Trained under horizontal and vertical flips,
-      with the position and motion labels flipped to match."""
+      with the position and motion labels flipped to match.
+
+    ``what_depth`` 6 adds a sixth, strided layer to the *what* stack (receptive field 43
+    pixels instead of 27): a square turned 45 degrees and a diamond differ only in the ratio
+    of their diagonals (1 against 0.75), and a large object's diagonals (24 to 38 pixels)
+    did not fit in the five-layer stack's view."""
 
     WHAT = ("background", "colour", "shape")
     WHERE = ("position", "motion")
 
-    def __init__(self, width: int = 16, image_size: int = 64, frames: int = 8):
+    def __init__(self, width: int = 16, image_size: int = 64, frames: int = 8,
+                 what_depth: int = 5):
         super().__init__()
+        if what_depth not in (5, 6):
+            raise ValueError(f"what_depth {what_depth!r}: want 5 or 6")
         w = width
 
-        def stack(cin: int) -> nn.Sequential:
+        def stack(cin: int, depth: int = 5) -> nn.Sequential:
             layers: list[nn.Module] = []
-            for a, b, stride in ((cin, w, 2), (w, 2 * w, 1), (2 * w, 2 * w, 2),
-                                 (2 * w, 4 * w, 1), (4 * w, 4 * w, 2)):       # to (4w, s/8, s/8)
+            spec = [(cin, w, 2), (w, 2 * w, 1), (2 * w, 2 * w, 2), (2 * w, 4 * w, 1),
+                    (4 * w, 4 * w, 2)]                                       # to (4w, s/8, s/8)
+            for a, b, stride in spec + [(4 * w, 4 * w, 2)] * (depth - 5):
                 layers += [nn.Conv2d(a, b, 3, stride=stride, padding=1), nn.BatchNorm2d(b),
                            nn.GELU()]
             return nn.Sequential(*layers)
 
-        self.what_body = stack(3)
+        self.what_body = stack(3, what_depth)
         self.what_neck = nn.Sequential(nn.Linear(8 * w, 256), nn.GELU())
         self.where_body = stack(3 * frames)
         self.where_neck = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * (image_size // 8) ** 2,
@@ -77,6 +86,7 @@ class AttributeProbe(nn.Module):
         self.heads = nn.ModuleDict({a: nn.Linear(256, len(ATTRIBUTE_GROUPS[a]))
                                     for a in ATTRIBUTES})
         self.width, self.image_size, self.frames = width, image_size, frames
+        self.what_depth = what_depth
 
     def what(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Single frames ``(m, 3, H, W)`` → background, colour and shape logits."""
@@ -225,7 +235,8 @@ def fresh_clips(n: int, rng: np.random.Generator, cfg: StimulusConfig
 
 def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str | Path, *,
                 steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                width: int = 16, max_blur: float = 0.0, max_noise: float = 0.0,
+                width: int = 16, what_depth: int = 5, max_blur: float = 0.0,
+                max_noise: float = 0.0,
                 vae=None, vae_fraction: float = 0.5, latent_noise: float = 0.0,
                 fresh: float = 0.0, stimulus: StimulusConfig | None = None,
                 progress: bool = True) -> AttributeProbe:
@@ -278,7 +289,8 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
     y = soft(label_sets(records, frames.shape[2]))
     flips = {h: {a: torch.from_numpy(flip_permutation(a, h)) for a in AttributeProbe.WHERE}
              for h in (True, False)}
-    model = AttributeProbe(width, image_size=frames.shape[2], frames=frames.shape[1])
+    model = AttributeProbe(width, image_size=frames.shape[2], frames=frames.shape[1],
+                           what_depth=what_depth)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
@@ -324,7 +336,8 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
     save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
               str(out_path / PROBE_FILE), metadata={"format": FORMAT})
     (out_path / "config.json").write_text(json.dumps(
-        {"format": FORMAT, "width": model.width, "image_size": model.image_size,
+        {"format": FORMAT, "width": model.width, "what_depth": model.what_depth,
+         "image_size": model.image_size,
          "frames": model.frames, "attributes": list(ATTRIBUTES), "steps": steps, "seed": seed,
          "augment": augment},
         indent=2) + "\n")
@@ -340,7 +353,8 @@ def load_probe(path: str | Path) -> AttributeProbe:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder}: probe format {meta.get('format')!r}, this rtdecode reads "
                          f"{FORMAT!r} (retrain with `rtdecode train probe`)")
-    model = AttributeProbe(meta["width"], meta["image_size"], meta["frames"])
+    model = AttributeProbe(meta["width"], meta["image_size"], meta["frames"],
+                           meta.get("what_depth", 5))
     model.load_state_dict({k: v.float() for k, v in load_file(str(folder / PROBE_FILE)).items()})
     return model.eval()
 
