@@ -484,7 +484,7 @@ class Daemon:
             caps = compose_captions(decode_attributes(self.attributes, batch),
                                     [clip_tr for clip_tr, _, _ in found])
             extras = [{"composed": caption_text(c), "attributes": c["attributes"]}
-                        for c in caps]
+                      for c in caps]
         t1 = time.perf_counter()
         ms = (t1 - t0) * 1e3
         self.latency.add("decode", ms)
