@@ -62,7 +62,7 @@ zoo: venv
 	$(TRAIN_SAD) --preset mlp --out runs/zoo/mlp
 	$(TRAIN_SAD) --noise-free --out runs/zoo/noise_free
 	$(RT) train mad --data $(STUDY) --config configs/study.toml --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/mad --epochs 12
-	$(RT) train probe --data $(STUDY) --out runs/zoo/probe --steps 3000
+	$(RT) train probe --data $(STUDY) --out runs/zoo/probe --steps 4000 --width 32 --what-depth 6 --fresh 1
 	$(RT) train fusion --data $(STUDY) --clip runs/zoo/clip --out runs/zoo/fusion.json
 	$(RT) train ridge --data $(STUDY) --config configs/study.toml --out runs/zoo/attributes
 	$(RT) train unet --data $(STUDY) --clip runs/zoo/clip --vae runs/zoo/vae --out runs/zoo/unet_sd15 --steps 2600 --threads 1

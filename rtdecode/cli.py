@@ -1379,12 +1379,14 @@ def train_motion_cmd(
 def train_probe_cmd(
     data: Annotated[Path, typer.Option(help="Simulated session (its stimuli are used).")],
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/zoo/probe"),
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 3000,
-    width: Annotated[int, typer.Option(help="Channels of the probe's first layer.")] = 16,
+    steps: Annotated[int, typer.Option(help="Training steps (the shipped probe: 4000).")
+                     ] = 4000,
+    width: Annotated[int, typer.Option(help="Channels of the probe's first layer (the "
+                                            "shipped probe: 32).")] = 32,
     what_depth: Annotated[int, typer.Option(
         help="Conv layers of the stack that reads shape, colour and background: 5, or 6 "
              "(one more strided layer: a view of 43 px instead of 27, so a large diamond's "
-             "two diagonals fit in it).")] = 5,
+             "two diagonals fit in it; the shipped probe).")] = 6,
     max_blur: Annotated[float, typer.Option(
         help="Blur every training example by a Gaussian of sigma ~ U(0, this) pixels, so "
              "soft edges and rounded corners are not read as other shapes (0: crisp frames "

@@ -262,3 +262,22 @@ def test_deeper_what_stack_sees_wider_and_round_trips(small_session, tmp_path):
     del meta["what_depth"]                          # as probes saved before the option
     (tmp_path / "p" / "config.json").write_text(json.dumps(meta))
     assert load_probe(tmp_path / "p").what_depth == 5
+
+
+def test_train_probe_command_records_the_recipe(small_session, tmp_path):
+    """`rtdecode train probe`: the defaults' fresh clips and deeper stack, recorded; a bad
+    share is one clear line."""
+    from typer.testing import CliRunner
+
+    from rtdecode.cli import app
+
+    out = tmp_path / "probe"
+    r = CliRunner().invoke(app, ["train", "probe", "--data", str(small_session), "--out",
+                                 str(out), "--steps", "2", "--width", "4", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "accuracy on the true test clips" in r.output
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["what_depth"] == 6 and meta["augment"]["fresh"] == 1.0
+    r = CliRunner().invoke(app, ["train", "probe", "--data", str(small_session), "--out",
+                                 str(tmp_path / "bad"), "--steps", "2", "--fresh", "2"])
+    assert r.exit_code == 2 and "fresh 2" in r.output
