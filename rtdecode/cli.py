@@ -868,7 +868,7 @@ def bench_render_cmd(
         "--distilled/--no-distilled", help="Our stage 3 on the zoo's guidance-distilled UNet "
                                            "(unet_guided/), when it has one.")] = True,
     anchor_strength: Annotated[float | None, typer.Option(
-        help="Our stage 2 strength (0-1; default: by the latents, 0.3 for the layout "
+        help="Our stage 2 strength (0-1; default: by the latents, 0.125 for the layout "
              "sketch's or true ones, 0.8 for MAD's).")] = None,
     video_strength: Annotated[float | None, typer.Option(
         help="Our stage 3 strength (0-1; default: by the latents, as --anchor-strength)."
@@ -1788,7 +1788,7 @@ def fidelity_cmd(
         help="Stage 2's own guidance (default: --guidance).")] = None,
     anchor_strength: Annotated[float | None, typer.Option(
         help="Stage 2: how far the first motion frame is re-noised (0-1; default: by the "
-             "latents, 0.3 for the layout sketch's or true ones, 0.8 for MAD's).")] = None,
+             "latents, 0.125 for the layout sketch's or true ones, 0.8 for MAD's).")] = None,
     video_strength: Annotated[float | None, typer.Option(
         help="Stage 3: how far the motion latents are re-noised (0-1; default: by the "
              "latents, as --anchor-strength).")] = None,

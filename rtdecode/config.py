@@ -190,8 +190,9 @@ class RenderConfig:
                                    doc="stage 2's own guidance (0 = guidance's): on the toy "
                                        "zoo 4 lifts decoded colour, costs some position")
     anchor_strength: float = param(0.0, ge=0.0, le=1.0,
-                                   doc="stage 2 img2img strength (0 = by the latents: 0.3 "
-                                       "for the layout sketch's or true ones, 0.8 for MAD's)")
+                                   doc="stage 2 img2img strength (0 = by the latents: "
+                                       "0.125 for the layout sketch's or true ones, 0.8 for "
+                                       "MAD's)")
     video_strength: float = param(0.0, ge=0.0, le=1.0,
                                   doc="stage 3 video-to-video strength (0 = by the latents, "
                                       "as anchor_strength)")

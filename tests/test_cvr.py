@@ -139,8 +139,8 @@ def test_strengths_follow_the_latents_kind(parts):
 
     s = CVRSettings()
     assert s.strengths() == s.strengths("regressed") == (0.8, 0.8)
-    assert s.strengths("drawn") == (0.3, 0.3)
-    assert CVRSettings(video_strength=0.5).for_latents("drawn").strengths() == (0.3, 0.5)
+    assert s.strengths("drawn") == (0.125, 0.125)
+    assert CVRSettings(video_strength=0.5).for_latents("drawn").strengths() == (0.125, 0.5)
     with pytest.raises(ValueError, match="latents kind 'blurry'"):
         s.strengths("blurry")
     cvr = make(parts, settings=CVRSettings(steps=4))
@@ -428,3 +428,21 @@ def test_from_zoo_refuses_parts_of_another_latent(parts, tmp_path):
     with pytest.raises(ValueError, match=r"unet was trained on latents \(4, 16, 16\), but "
                                          r"the zoo's vae/ makes \(4, 32, 32\)"):
         CVR.from_zoo(zoo)
+
+
+def test_strengths_below_one_step_start_lower(parts):
+    """A strength below 1 / steps runs one step from about that much noise (the schedule
+    refined to round(1 / strength) steps); at or above it the schedule is the settings'."""
+    cvr = make(parts)
+    got = {}
+    for steps, strength in ((4, 0.8), (4, 0.3), (4, 0.25), (4, 0.125), (8, 0.125), (4, 0.05)):
+        sched = make_scheduler("dpm", cvr.schedule)
+        with cvr._using(CVRSettings(steps=steps)):
+            ts, n = cvr._timesteps(sched, strength)
+        got[(steps, strength)] = (n, [int(t) for t in ts])
+    first = {k: ts[0] for k, (_, ts) in got.items()}
+    assert got[(4, 0.8)][0] == 3 and got[(4, 0.3)][0] == got[(4, 0.25)][0] == 1
+    assert first[(4, 0.3)] == first[(4, 0.25)] > first[(4, 0.125)] > first[(4, 0.05)]
+    assert got[(4, 0.125)] == got[(8, 0.125)]          # one step of an 8-step schedule
+    assert all(n == 1 for (_, s), (n, _) in got.items() if s <= 0.3)
+    assert first[(4, 0.125)] < 200 and first[(4, 0.05)] < 80

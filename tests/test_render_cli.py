@@ -29,10 +29,10 @@ def test_bench_render_json_shape(small_session, tiny_zoo):
         assert 0.0 <= r["clip_pcc"] <= 1.0
     assert out["ours"]["steps"] == 4 and out["neuroclips"]["steps"] == 25
     assert out["neuroclips"]["guidance"] == 8.5
-    # 25 DDIM steps (strengths 0.8 / 0.6) run many more UNet passes than our 4 (0.3 / 0.3
-    # on the layout sketch's latents: one step per stage)
+    # 25 DDIM steps (strengths 0.8 / 0.6) run many more UNet passes than our 4 (0.125 /
+    # 0.125 on the layout sketch's latents: one step per stage)
     assert out["neuroclips"]["strengths"] == [0.8, 0.6]
-    assert out["ours"]["strengths"] == [0.3, 0.3]
+    assert out["ours"]["strengths"] == [0.125, 0.125]
     assert out["neuroclips"]["unet_evals_per_clip"] > 5 * out["ours"]["unet_evals_per_clip"]
     # the tiny zoo has an attributes/ decoder: by default the renderer reads its captions
     # and draws the layout sketch of its attributes

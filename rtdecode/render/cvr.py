@@ -47,15 +47,18 @@ GUIDED_DIR = "unet_guided"
 #: stages 2 and 3's strengths by the kind of motion latents, where a setting leaves them None.
 #: ``regressed`` latents (MAD's, a ridge's) land between clips: re-noised far (3 of 4 steps),
 #: the captions redraw them. ``drawn`` latents (the layout sketch's, the true frames') are
-#: a clip's layout: one step from a quarter of the noise keeps it, where more redrawing
-#: rounds off the shapes (README, "The layout sketch").
-STRENGTHS: dict[str, tuple[float, float]] = {"regressed": (0.8, 0.8), "drawn": (0.3, 0.3)}
+#: a clip's layout: one step from an eighth of the noise (t = 124) keeps it, where more
+#: redrawing rounds off the shapes (README, "The layout sketch"; 0.3, one step from t = 249
+#: with 4 steps, until 2026-12-03).
+STRENGTHS: dict[str, tuple[float, float]] = {"regressed": (0.8, 0.8), "drawn": (0.125, 0.125)}
 
 
 @dataclass(frozen=True)
 class CVRSettings:
     """How a clip is sampled. ``steps`` is the scheduler's step count; stages 2 and 3 run the
-    last ``round(steps · strength)`` of them (img2img/video-to-video semantics).
+    last ``round(steps · strength)`` of them (img2img/video-to-video semantics). A strength
+    below ``1 / steps`` runs one step from about that much noise: the schedule is then
+    refined to ``round(1 / strength)`` steps (:meth:`CVR._timesteps`).
 
     ``motion_module_fraction``: stage 3 runs the motion module (the video UNet) in its first
     ``ceil(fraction · video steps)`` steps, the high-noise ones where the frames' common
@@ -365,10 +368,18 @@ class CVR:
 
     # ---------------------------------------------------------------------------- sampling
     def _timesteps(self, sched, strength: float) -> tuple[torch.Tensor, int]:
+        """The timesteps a stage of ``strength`` runs, and how many: the last ``round(steps ·
+        strength)`` of a ``steps``-step schedule, at least one. Below ``1 / steps`` that
+        would be one step from the schedule's last timestep however low the strength is set,
+        so the schedule is refined to ``round(1 / strength)`` steps and its last one run
+        (0.125 with 4 steps: one step from t = 124 of 8 trailing steps, not from t = 249)."""
         s = self.settings
-        sched.set_timesteps(s.steps)
-        n = max(1, min(s.steps, int(round(s.steps * strength))))
-        start = s.steps - n
+        total = s.steps
+        if s.steps * strength < 1 - 1e-9:
+            total = max(s.steps, int(round(1.0 / strength)))
+        sched.set_timesteps(total)
+        n = max(1, min(total, int(round(total * strength))))
+        start = total - n
         ts = sched.timesteps[start * sched.order:]
         if hasattr(sched, "set_begin_index"):
             sched.set_begin_index(start * sched.order)
