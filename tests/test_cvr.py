@@ -435,7 +435,8 @@ def test_strengths_below_one_step_start_lower(parts):
     refined to round(1 / strength) steps); at or above it the schedule is the settings'."""
     cvr = make(parts)
     got = {}
-    for steps, strength in ((4, 0.8), (4, 0.3), (4, 0.25), (4, 0.125), (8, 0.125), (4, 0.05)):
+    for steps, strength in ((4, 0.8), (4, 0.3), (4, 0.25), (4, 0.125), (8, 0.125), (4, 0.05),
+                            (4, 1e-4)):
         sched = make_scheduler("dpm", cvr.schedule)
         with cvr._using(CVRSettings(steps=steps)):
             ts, n = cvr._timesteps(sched, strength)
@@ -446,3 +447,4 @@ def test_strengths_below_one_step_start_lower(parts):
     assert got[(4, 0.125)] == got[(8, 0.125)]          # one step of an 8-step schedule
     assert all(n == 1 for (_, s), (n, _) in got.items() if s <= 0.3)
     assert first[(4, 0.125)] < 200 and first[(4, 0.05)] < 80
+    assert got[(4, 1e-4)][0] == 1 and first[(4, 1e-4)] <= 1   # capped at the training steps

@@ -376,7 +376,8 @@ class CVR:
         s = self.settings
         total = s.steps
         if s.steps * strength < 1 - 1e-9:
-            total = max(s.steps, int(round(1.0 / strength)))
+            total = max(s.steps, min(int(round(1.0 / strength)),
+                                     int(sched.config.num_train_timesteps)))
         sched.set_timesteps(total)
         n = max(1, min(total, int(round(total * strength))))
         start = total - n
