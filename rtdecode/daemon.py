@@ -215,11 +215,16 @@ class Daemon:
                  journal: Journal | None = None, caption_outlet=None,
                  mask: np.ndarray | None = None, session: str = "", strict: bool = False,
                  renderer=None, attributes: DecoderModel | None = None):
+        self.attributes, self._compose = attributes, None
         if attributes is not None:
-            from .render.captioner import check_attribute_decoder
+            from .render.captioner import (
+                check_attribute_decoder,
+                compose_captions,
+                decode_attributes,
+            )
 
             check_attribute_decoder(attributes, model.engine.n_inputs)
-        self.attributes = attributes
+            self._compose = (decode_attributes, compose_captions)
         self.cfg, self.model, self.source = cfg, model, source
         self.publisher, self.journal, self.caption_outlet = publisher, journal, caption_outlet
         self.mask, self.default_session, self.strict = mask, session, strict
@@ -478,9 +483,8 @@ class Daemon:
         pred = self.model.engine.decode(batch)
         best = self.model.bank.nearest(pred)
         extras: list[dict] = [{}] * len(found)
-        if self.attributes is not None:
-            from .render.captioner import compose_captions, decode_attributes
-
+        if self._compose is not None:
+            decode_attributes, compose_captions = self._compose
             caps = compose_captions(decode_attributes(self.attributes, batch),
                                     [clip_tr for clip_tr, _, _ in found])
             extras = [{"composed": caption_text(c), "attributes": c["attributes"]}

@@ -274,7 +274,8 @@ def train_probe(frames: np.ndarray, records: list[dict[str, Any]], out_dir: str 
     n_fresh = int(round(fresh * batch_size))
     if stimulus is None:
         stimulus = StimulusConfig(size=frames.shape[2], frames_per_clip=frames.shape[1])
-    if n_fresh and (stimulus.size, stimulus.frames_per_clip) != tuple(frames.shape[2:0:-1]):
+    if n_fresh and (stimulus.size, stimulus.frames_per_clip) != (frames.shape[2],
+                                                                  frames.shape[1]):
         raise ValueError(f"stimulus config draws {stimulus.frames_per_clip} frames of "
                          f"{stimulus.size} px; the session's clips have {frames.shape[1]} of "
                          f"{frames.shape[2]}")

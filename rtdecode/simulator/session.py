@@ -156,15 +156,12 @@ def stimulus_config(root: str | Path) -> stimuli.StimulusConfig:
     path = Path(root) / "simulation.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (is {root} a simulated session?)")
+    from ..config import from_dict
+
     d = json.loads(path.read_text()).get("config", {}).get("stimulus")
     if not isinstance(d, dict):
         raise ValueError(f"{path}: no config.stimulus")
-    names = {f.name for f in dataclasses.fields(stimuli.StimulusConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{path}: unknown config.stimulus keys {unknown}")
-    return stimuli.StimulusConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in d.items()})
+    return from_dict(stimuli.StimulusConfig, d, f"{path} config.stimulus")
 
 
 @dataclass
